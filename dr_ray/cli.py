@@ -1,0 +1,100 @@
+"""``dr-ray <stage> --config FILE [--set key=value ...]``: one subcommand per pipeline stage.
+
+``jobs/<stage>.py`` call :func:`main` with their stage name, so ``ray job submit -- python jobs/preprocess.py``
+and ``dr-ray preprocess`` take the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from dr_ray.config import Config, ConfigError, load_config
+
+log = logging.getLogger("dr_ray")
+
+# A run small enough for CI and a first try: a few synthetic images, small frames.
+SMOKE_OVERRIDES = (
+    "data.limit=8",
+    "data.folds=2",
+    "data.synthetic.n_patients=3",
+    "data.synthetic.width=768",
+    "data.synthetic.height=512",
+    "preprocess.size=256",
+)
+
+
+def _preprocess(cfg: Config) -> int:
+    from dr_ray.pipelines.preprocess import run_preprocess
+
+    summary = run_preprocess(cfg)
+    print("\n".join(summary.lines()))
+    print(f"\nprocessed images: {summary.output}/status=ok/   quarantine: {summary.output}/quarantine.csv"
+          f"   summary: {summary.output}/summary.json")
+    return 0 if summary.reconciles else 1
+
+
+def _catalog(cfg: Config) -> int:
+    from dr_ray.io import fs
+    from dr_ray.io.catalog import problems_table, write_catalog
+    from dr_ray.pipelines.catalog import build_catalog
+    from dr_ray.pipelines.runtime import stage_dir
+
+    result = build_catalog(cfg.data, cfg.output.dir)
+    out = stage_dir(cfg.output.dir, "catalog")
+    write_catalog(result.table, fs.join(out, "catalog.parquet"))
+    fs.write_csv(fs.join(out, "label_problems.csv"), problems_table(result.problems))
+    print(f"catalog: {result.table.num_rows} rows, {len(result.problems)} label problems -> {out}/")
+    return 0
+
+
+STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
+    "preprocess": ("decode, crop to the fundus, resize, CLAHE; write Parquet shards + quarantine", _preprocess),
+    "catalog": ("read a dataset's labels into a catalog Parquet with patient-level folds", _catalog),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dr-ray", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (help_text, _) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_stage_arguments(p)
+    return parser
+
+
+def add_stage_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML config (merged over configs/defaults.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, e.g. --set preprocess.size=1024 (repeatable)")
+    p.add_argument("--smoke-test", action="store_true", help="tiny run: " + " ".join(SMOKE_OVERRIDES))
+    p.add_argument("--log-level", default="INFO")
+
+
+def run_stage(stage: str, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = [*(SMOKE_OVERRIDES if args.smoke_test else ()), *args.overrides]
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"dr-ray {stage}: config error: {e}", file=sys.stderr)
+        return 2
+    return STAGES[stage][1](cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_stage(args.stage, args)
+
+
+def job_main(stage: str, argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``jobs/<stage>.py``: the stage's own arguments, no subcommand."""
+    p = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=STAGES[stage][0])
+    add_stage_arguments(p)
+    return run_stage(stage, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

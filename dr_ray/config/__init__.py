@@ -1,0 +1,21 @@
+"""Typed configs: frozen dataclasses + YAML loading (defaults, per-dataset deltas, --set overrides)."""
+
+from dr_ray.config.loader import config_hash, dump_yaml, load_config, parse_override, to_dict
+from dr_ray.config.schema import (
+    DATASETS,
+    ClaheConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    OutputConfig,
+    PreprocessConfig,
+    QualityConfig,
+    RayConfig,
+    SyntheticConfig,
+)
+
+__all__ = [
+    "DATASETS", "ClaheConfig", "Config", "ConfigError", "DataConfig", "OutputConfig", "PreprocessConfig",
+    "QualityConfig", "RayConfig", "SyntheticConfig", "config_hash", "dump_yaml", "load_config",
+    "parse_override", "to_dict",
+]

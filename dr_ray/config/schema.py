@@ -1,0 +1,156 @@
+"""Typed, frozen configuration. ``configs/defaults.yaml`` mirrors these defaults key for key.
+
+Every value is checked in ``__post_init__`` so a bad value fails when the config is loaded, naming the
+key and the value, not deep inside a Ray task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DATASETS = ("eyepacs", "aptos", "messidor2", "idrid", "fgadr", "drive", "hrf_av", "les_av", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong. The message names the key path."""
+
+
+def _check(cond: bool, key: str, value: object, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The built-in sample: EyePACS-like JPEGs generated on the fly (``dr_ray.testing``)."""
+
+    n_patients: int = 12  # both eyes each -> 2 * n_patients images
+    width: int = 1536  # frame width, px (EyePACS frames are 3888-4928 wide)
+    height: int = 1024  # frame height, px
+    seed: int = 0
+    quality: int = 90  # JPEG quality
+    bad_files: bool = True  # add a few broken files (truncated, empty, missing) to show the quarantine
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.n_patients <= 100_000, "data.synthetic.n_patients", self.n_patients, "must be in 1..100000")
+        _check(64 <= self.width <= 8192, "data.synthetic.width", self.width, "must be in 64..8192")
+        _check(64 <= self.height <= 8192, "data.synthetic.height", self.height, "must be in 64..8192")
+        _check(1 <= self.quality <= 100, "data.synthetic.quality", self.quality, "must be in 1..100")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images and labels are, and how folds are drawn."""
+
+    dataset: str = "synthetic"  # one of DATASETS
+    root: str = ""  # dataset root: local path or s3://bucket/prefix (layout per dataset, see README)
+    labels: str = ""  # label CSV; relative paths are under root; "" = the dataset's usual name
+    catalog: str = ""  # a ready catalog Parquet; when set, root/labels are not read
+    limit: int = 0  # keep only the first N catalog rows (0 = all): smoke runs
+    folds: int = 5  # patient-level stratified K-fold
+    seed: int = 0  # fold assignment seed
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.dataset in DATASETS, "data.dataset", self.dataset, f"must be one of {', '.join(DATASETS)}")
+        _check(self.limit >= 0, "data.limit", self.limit, "must be >= 0")
+        _check(2 <= self.folds <= 100, "data.folds", self.folds, "must be in 2..100")
+        _check(self.dataset == "synthetic" or bool(self.root or self.catalog), "data.root", self.root,
+               f"dataset {self.dataset!r} needs data.root (or data.catalog)")
+
+
+@dataclass(frozen=True)
+class ClaheConfig:
+    enabled: bool = True
+    clip_limit: float = 2.0  # OpenCV clip limit (relative to the uniform histogram height)
+    tile_grid: int = 8  # tiles per side
+    channel: Literal["lab_l", "green"] = "lab_l"  # equalise L of CIELAB (keeps colour) or the green channel
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.clip_limit <= 40.0, "preprocess.clahe.clip_limit", self.clip_limit, "must be in (0, 40]")
+        _check(1 <= self.tile_grid <= 64, "preprocess.clahe.tile_grid", self.tile_grid, "must be in 1..64")
+        _check(self.channel in ("lab_l", "green"), "preprocess.clahe.channel", self.channel, "must be lab_l or green")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Limits for the ``gradable`` flag. Measures are on the processed image inside the FOV."""
+
+    min_fov_fraction: float = 0.25  # share of the source frame inside the fundus circle
+    min_brightness: float = 0.08  # mean luminance, 0..1
+    max_brightness: float = 0.85
+    min_contrast: float = 0.03  # std of luminance, 0..1
+    min_sharpness: float = 1e-5  # variance of the Laplacian (0..1 intensities)
+
+    def __post_init__(self) -> None:
+        for name in ("min_fov_fraction", "min_brightness", "max_brightness", "min_contrast"):
+            v = getattr(self, name)
+            _check(0.0 <= v <= 1.0, f"preprocess.quality.{name}", v, "must be in 0..1")
+        _check(self.min_brightness < self.max_brightness, "preprocess.quality.max_brightness", self.max_brightness,
+               "must be above min_brightness")
+        _check(self.min_sharpness >= 0.0, "preprocess.quality.min_sharpness", self.min_sharpness, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: int = 512  # side of the square output image, px (512 default, 1024 for vessel work)
+    reduced_decode: bool = True  # let libjpeg decode at 1/2, 1/4, 1/8 when the FOV stays >= size
+    fov_threshold: float = 0.06  # FOV = pixels brighter than this fraction of the frame's max (red channel)
+    fov_margin: float = 0.0  # extra border around the FOV circle in the crop, fraction of the radius
+    mask_outside_fov: bool = True  # set pixels outside the FOV circle to black
+    graham: bool = False  # Graham local-mean normalisation (Kaggle 2015 winner)
+    graham_sigma: float = 0.033  # Gaussian sigma as a fraction of the output size
+    clahe: ClaheConfig = field(default_factory=ClaheConfig)
+    tophat_radius: int = 7  # structuring element radius for the vessel top-hat, px at output size
+    canny_sigma: float = 1.0  # Gaussian smoothing before Canny, px at output size
+    extra_maps: tuple[str, ...] = ()  # also store these maps: "canny", "tophat"
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    max_pixels: int = 120_000_000  # larger source frames are refused as decompression bombs
+    min_side: int = 64  # smaller source frames are refused
+    png_compression: int = 1  # 0-9: zlib level for the stored PNGs (1 = fast, ~10% larger than 9)
+
+    def __post_init__(self) -> None:
+        _check(32 <= self.size <= 4096, "preprocess.size", self.size, "must be in 32..4096")
+        _check(0.0 < self.fov_threshold < 1.0, "preprocess.fov_threshold", self.fov_threshold, "must be in (0, 1)")
+        _check(0.0 <= self.fov_margin <= 0.5, "preprocess.fov_margin", self.fov_margin, "must be in 0..0.5")
+        _check(0.0 < self.graham_sigma < 0.5, "preprocess.graham_sigma", self.graham_sigma, "must be in (0, 0.5)")
+        _check(1 <= self.tophat_radius <= 64, "preprocess.tophat_radius", self.tophat_radius, "must be in 1..64")
+        _check(0.0 < self.canny_sigma <= 10.0, "preprocess.canny_sigma", self.canny_sigma, "must be in (0, 10]")
+        bad = [m for m in self.extra_maps if m not in ("canny", "tophat")]
+        _check(not bad, "preprocess.extra_maps", list(self.extra_maps), "allowed entries are 'canny' and 'tophat'")
+        _check(self.max_pixels >= 10_000, "preprocess.max_pixels", self.max_pixels, "must be >= 10000")
+        _check(1 <= self.min_side <= 4096, "preprocess.min_side", self.min_side, "must be in 1..4096")
+        _check(0 <= self.png_compression <= 9, "preprocess.png_compression", self.png_compression, "must be in 0..9")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # "" = start a local Ray (or join RAY_ADDRESS / the job's cluster); "auto" = join a running one
+    num_cpus: int = 0  # local cluster only: CPUs to use (0 = all)
+    batch_size: int = 8  # images per map_batches call; 8 x 512 px keeps a task at ~50 MB and ~0.3 s
+    rows_per_file: int = 256  # rows per output Parquet file (~256 x 300 KB = ~75 MB at 512 px)
+    cpus_per_task: float = 1.0  # CPU slots per preprocess task (decode + CLAHE are single-threaded)
+
+    def __post_init__(self) -> None:
+        _check(self.num_cpus >= 0, "ray.num_cpus", self.num_cpus, "must be >= 0")
+        _check(1 <= self.batch_size <= 4096, "ray.batch_size", self.batch_size, "must be in 1..4096")
+        _check(1 <= self.rows_per_file <= 1_000_000, "ray.rows_per_file", self.rows_per_file, "must be in 1..1e6")
+        _check(0.0 < self.cpus_per_task <= 64, "ray.cpus_per_task", self.cpus_per_task, "must be in (0, 64]")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "outputs/demo"  # local path or s3:// URI; each stage writes a sub-folder
+    resume: bool = True  # skip images already written or quarantined by an earlier run
+
+    def __post_init__(self) -> None:
+        _check(bool(self.dir), "output.dir", self.dir, "must not be empty")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)

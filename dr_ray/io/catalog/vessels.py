@@ -1,0 +1,202 @@
+"""Readers for the vessel / artery-vein datasets: DRIVE (+ RITE A/V labels), HRF-AV, LES-AV.
+
+Rows come from the image folder; no grades (null). Each image is its own patient, eye null. An image
+whose expected mask file is missing keeps a null path for it and is reported (line 0, file = the
+mask folder); an absent optional label folder (e.g. no DRIVE_AV) just leaves the column null.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from dr_ray.io import columns as C
+from dr_ray.io import fs
+from dr_ray.io.catalog._base import (
+    MASK_EXTENSIONS,
+    CatalogResult,
+    FolderIndex,
+    LabelProblem,
+    build_table,
+    dirname,
+    first_dir,
+    new_row,
+    require_root,
+    unique_rows,
+    stem,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Mask:
+    column: str  # catalog column
+    folder: str | None  # full folder path; None = not available for this dataset copy
+    name: Callable[[str], str]  # image stem -> mask stem
+    what: str  # for problem messages
+    required: bool = False  # the dataset always ships this folder: report it when absent
+
+
+def _read_folder_set(dataset: str, images_dir: str, split: str | None, masks: list[_Mask],
+                     rows: list, problems: list) -> None:
+    index = FolderIndex(images_dir)
+    mask_index = {}
+    for m in masks:
+        if m.folder is not None and fs.is_dir(m.folder):
+            mask_index[m.column] = FolderIndex(m.folder, MASK_EXTENSIONS)
+        elif m.required and m.folder is not None:
+            problems.append(LabelProblem(m.folder, 0, f"{m.what} folder not found; {m.column} left null"))
+    for image in index.images(problems):
+        native = stem(image)
+        paths = {}
+        for m in masks:
+            mi = mask_index.get(m.column)
+            if mi is None:
+                continue
+            hit = mi.find_stem(m.name(native))
+            if hit is None:
+                problems.append(LabelProblem(m.folder, 0, f"no {m.what} for {native}: expected {m.name(native)}.*"))
+            paths[m.column] = hit
+        rows.append(new_row(dataset, native, image, split=split, **paths))
+
+
+def _dir(path: str) -> str | None:
+    return path if fs.is_dir(path) else None
+
+
+def _no_labels(dataset: str, labels: str) -> None:
+    if labels:
+        raise ValueError(f"{dataset} has no label file; labels must be empty (got {labels!r})")
+
+
+def _result(dataset: str, root: str, rows: list, problems: list) -> CatalogResult:
+    table = build_table(unique_rows(rows, problems, root))
+    log.info("%s: %d catalog rows, %d label problems", dataset, table.num_rows, len(problems))
+    return CatalogResult(table, problems)
+
+
+# --- DRIVE ---------------------------------------------------------------------------------------
+
+
+def read_drive(root: str, labels: str = "") -> CatalogResult:
+    """DRIVE (Staal et al. 2004), with the RITE artery/vein labels when a DRIVE_AV folder is found.
+
+    Layout::
+
+        root/training/images/21_training.tif (or .png)   root/test/images/01_test.tif
+        root/training/1st_manual/21_manual1.gif          -> vessel_mask_path
+        root/training/mask/21_training_mask.gif          -> fov_mask_path
+        DRIVE_AV/training/1st_manual/21_training.png      -> av_mask_path (0 bg, 1 artery, 2 vein, 3 crossing)
+
+    ``split`` is "train" for ``training/`` and "test" for ``test/``. DRIVE_AV is looked for at
+    ``labels`` when given (relative to root or absolute), else ``root/DRIVE_AV``, else the sibling
+    ``root/../DRIVE_AV``; a DRIVE_AV split folder that is absent leaves av_mask_path null silently,
+    one that exists but lacks an image's file is reported. Ids are the image stems
+    (``drive/21_training``): DRIVE numbers are unique across the two splits.
+    """
+    dataset = "drive"
+    root = require_root(dataset, root)
+    if labels:
+        av_root = fs.join(root, labels)
+        if not fs.is_dir(av_root):
+            raise FileNotFoundError(f"{dataset}: DRIVE_AV folder not found: {av_root}")
+    else:
+        av_root = first_dir(root, ("DRIVE_AV",)) or _dir(fs.join(dirname(root), "DRIVE_AV"))
+    rows: list[dict] = []
+    problems: list[LabelProblem] = []
+    found = False
+    for sub, split in (("training", "train"), ("test", "test")):
+        images_dir = fs.join(root, sub, "images")
+        if not fs.is_dir(images_dir):
+            continue
+        found = True
+        masks = [
+            _Mask(C.VESSEL_MASK_PATH, fs.join(root, sub, "1st_manual"),
+                  lambda s: f"{s.split('_')[0]}_manual1", "vessel mask", required=True),
+            _Mask(C.FOV_MASK_PATH, fs.join(root, sub, "mask"), lambda s: f"{s}_mask", "FOV mask", required=True),
+            _Mask(C.AV_MASK_PATH, _dir(fs.join(av_root, sub, "1st_manual")) if av_root else None,
+                  lambda s: s, "artery/vein map"),
+        ]
+        _read_folder_set(dataset, images_dir, split, masks, rows, problems)
+    if not found:
+        raise FileNotFoundError(f"{dataset}: no training/images or test/images folder under {root}")
+    return _result(dataset, root, rows, problems)
+
+
+# --- HRF-AV / LES-AV -----------------------------------------------------------------------------
+
+
+def _split_bases(root: str) -> list[tuple[str, str | None]]:
+    """``root`` itself when it holds ``images/``, plus ``training/`` and ``test/`` sub-sets."""
+    bases: list[tuple[str, str | None]] = []
+    if fs.is_dir(fs.join(root, "images")):
+        bases.append((root, None))
+    for sub, split in (("training", "train"), ("test", "test")):
+        if fs.is_dir(fs.join(root, sub, "images")):
+            bases.append((fs.join(root, sub), split))
+    return bases
+
+
+def read_hrf_av(root: str, labels: str = "") -> CatalogResult:
+    """HRF-AV: HRF images (Budai et al. 2013) with artery/vein labels (Hemelings et al. 2019).
+
+    Layout (``root/`` itself, or ``root/training/`` and ``root/test/`` with the same sub-folders)::
+
+        images/01_dr.JPG  01_g.jpg  01_h.jpg           (DR images use upper-case .JPG)
+        1st_manual/01_dr_AVmanual.png                   -> av_mask_path (0 bg, 1 artery, 2 vein, 3 crossing)
+        mask/01_dr_mask.tif                             -> fov_mask_path (RGB TIFF, use one channel)
+        manual1/01_dr.tif  (optional, original HRF)     -> vessel_mask_path
+
+    Without ``manual1/`` vessel_mask_path is null: the binary vessel mask is ``av > 0``. The
+    filename category (dr / g / h) is a diagnosis, not an ICDR grade, so grade stays null; it can
+    be read back from the id (``hrf_av/01_dr``). ``split`` is null for the flat layout.
+    """
+    dataset = "hrf_av"
+    root = require_root(dataset, root)
+    _no_labels(dataset, labels)
+    bases = _split_bases(root)
+    if not bases:
+        raise FileNotFoundError(f"{dataset}: no images/ folder under {root} (nor training/images, test/images)")
+    rows: list[dict] = []
+    problems: list[LabelProblem] = []
+    for base, split in bases:
+        masks = [
+            _Mask(C.AV_MASK_PATH, fs.join(base, "1st_manual"), lambda s: f"{s}_AVmanual", "artery/vein map",
+                  required=True),
+            _Mask(C.FOV_MASK_PATH, fs.join(base, "mask"), lambda s: f"{s}_mask", "FOV mask", required=True),
+            _Mask(C.VESSEL_MASK_PATH, _dir(fs.join(base, "manual1")), lambda s: s, "vessel mask"),
+        ]
+        _read_folder_set(dataset, fs.join(base, "images"), split, masks, rows, problems)
+    return _result(dataset, root, rows, problems)
+
+
+def read_les_av(root: str, labels: str = "") -> CatalogResult:
+    """LES-AV (Orlando et al. 2018): 22 optic-disc-centred images with artery/vein labels.
+
+    Layout (``root/`` itself, or ``root/training/`` and ``root/test/`` with the same sub-folders)::
+
+        images/42.png (or .jpg)
+        1st_manual/42.png        -> av_mask_path (0 bg, 1 artery, 2 vein, 3 crossing)
+        2nd_manual/42.png        -> vessel_mask_path (binary {0, 255})
+        mask/42_mask.gif         -> fov_mask_path (palette GIF, values {0, 1})
+
+    ``split`` is null for the flat layout, else "train" / "test".
+    """
+    dataset = "les_av"
+    root = require_root(dataset, root)
+    _no_labels(dataset, labels)
+    bases = _split_bases(root)
+    if not bases:
+        raise FileNotFoundError(f"{dataset}: no images/ folder under {root} (nor training/images, test/images)")
+    rows: list[dict] = []
+    problems: list[LabelProblem] = []
+    for base, split in bases:
+        masks = [
+            _Mask(C.AV_MASK_PATH, fs.join(base, "1st_manual"), lambda s: s, "artery/vein map", required=True),
+            _Mask(C.VESSEL_MASK_PATH, fs.join(base, "2nd_manual"), lambda s: s, "vessel mask", required=True),
+            _Mask(C.FOV_MASK_PATH, fs.join(base, "mask"), lambda s: f"{s}_mask", "FOV mask", required=True),
+        ]
+        _read_folder_set(dataset, fs.join(base, "images"), split, masks, rows, problems)
+    return _result(dataset, root, rows, problems)

@@ -1,0 +1,111 @@
+"""Column names shared by every stage. One place, so stages never disagree on spelling.
+
+The catalog (``CATALOG_SCHEMA``) is what dataset readers produce; the preprocess stage keeps every
+catalog column and adds the ``PRE_*`` columns; every batch stage adds ``STATUS``/``ERROR``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --- catalog -------------------------------------------------------------------------------
+IMAGE_ID = "image_id"  # unique within a catalog: "<dataset>/<native id>"
+PATIENT_ID = "patient_id"  # both eyes of a patient share it; folds are assigned per patient
+EYE = "eye"  # "left" | "right" | null when the dataset does not say
+DATASET = "dataset"  # eyepacs | aptos | messidor2 | idrid | fgadr | drive | hrf_av | les_av | synthetic
+PATH = "path"  # local path or URI (s3://...) of the image file
+GRADE = "grade"  # ICDR 0-4, null when unknown
+REFERABLE = "referable"  # grade >= 2, null when grade is null
+FOLD = "fold"  # 0..k-1, patient-level stratified
+SPLIT = "split"  # the dataset's own split when it has one ("train", "test"), else null
+VESSEL_MASK_PATH = "vessel_mask_path"  # binary vessel mask
+AV_MASK_PATH = "av_mask_path"  # artery/vein class map: 0 bg, 1 artery, 2 vein, 3 crossing/uncertain
+FOV_MASK_PATH = "fov_mask_path"  # field-of-view mask
+
+# Lesion kinds, in the channel order used by every lesion model and mask reader.
+LESION_KINDS = ("ma", "he", "ex", "se", "irma", "nv")
+LESION_NAMES = {
+    "ma": "microaneurysms",
+    "he": "haemorrhages",
+    "ex": "hard exudates",
+    "se": "soft exudates",
+    "irma": "intraretinal microvascular abnormalities",
+    "nv": "neovascularisation",
+}
+
+
+def lesion_mask_column(kind: str) -> str:
+    """Catalog column holding the mask path of one lesion kind, e.g. ``lesion_he_path``."""
+    if kind not in LESION_KINDS:
+        raise ValueError(f"unknown lesion kind {kind!r}; known: {', '.join(LESION_KINDS)}")
+    return f"lesion_{kind}_path"
+
+
+LESION_MASK_COLUMNS = tuple(lesion_mask_column(k) for k in LESION_KINDS)
+
+CATALOG_SCHEMA = pa.schema(
+    [
+        pa.field(IMAGE_ID, pa.string(), nullable=False),
+        pa.field(PATIENT_ID, pa.string(), nullable=False),
+        pa.field(EYE, pa.string()),
+        pa.field(DATASET, pa.string(), nullable=False),
+        pa.field(PATH, pa.string(), nullable=False),
+        pa.field(GRADE, pa.int8()),
+        pa.field(REFERABLE, pa.bool_()),
+        pa.field(FOLD, pa.int16()),
+        pa.field(SPLIT, pa.string()),
+        pa.field(VESSEL_MASK_PATH, pa.string()),
+        pa.field(AV_MASK_PATH, pa.string()),
+        pa.field(FOV_MASK_PATH, pa.string()),
+        *[pa.field(c, pa.string()) for c in LESION_MASK_COLUMNS],
+    ]
+)
+CATALOG_COLUMNS = tuple(CATALOG_SCHEMA.names)
+
+# --- batch-stage bookkeeping ---------------------------------------------------------------
+STATUS = "status"  # STATUS_OK | STATUS_QUARANTINED
+ERROR = "error"  # null when ok; "<reason>" when quarantined (the reason names the file)
+STATUS_OK = "ok"
+STATUS_QUARANTINED = "quarantined"
+CONFIG_HASH = "config_hash"  # sha256 prefix of the resolved stage config that produced the row
+
+# --- preprocess stage outputs --------------------------------------------------------------
+IMAGE_PNG = "image_png"  # processed RGB image, PNG-encoded, size x size
+SIZE = "size"  # side of the processed square image, px
+ORIG_WIDTH = "orig_width"  # source image width, px
+ORIG_HEIGHT = "orig_height"  # source image height, px
+DECODE_SCALE = "decode_scale"  # 1, 2, 4 or 8: libjpeg DCT reduction used when decoding
+FOV_CX = "fov_cx"  # FOV circle centre x, source pixels
+FOV_CY = "fov_cy"  # FOV circle centre y, source pixels
+FOV_RADIUS = "fov_radius"  # FOV circle radius, source pixels
+FOV_FRACTION = "fov_fraction"  # fraction of the source frame inside the FOV, 0..1
+BRIGHTNESS = "brightness"  # mean luminance inside the FOV, 0..1
+CONTRAST = "contrast"  # std of luminance inside the FOV, 0..1
+SHARPNESS = "sharpness"  # variance of the Laplacian of luminance inside the FOV (0..1 scale), at SIZE
+GRADABLE = "gradable"  # quality measures within the configured limits
+CANNY_PNG = "canny_png"  # optional: Canny edge map (uint8 0/255), PNG
+TOPHAT_PNG = "tophat_png"  # optional: vessel top-hat response (uint8), PNG
+
+PREPROCESS_SCHEMA = pa.schema(
+    [
+        *CATALOG_SCHEMA,
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string()),
+        pa.field(CONFIG_HASH, pa.string()),
+        pa.field(IMAGE_PNG, pa.binary()),
+        pa.field(SIZE, pa.int32()),
+        pa.field(ORIG_WIDTH, pa.int32()),
+        pa.field(ORIG_HEIGHT, pa.int32()),
+        pa.field(DECODE_SCALE, pa.int8()),
+        pa.field(FOV_CX, pa.float32()),
+        pa.field(FOV_CY, pa.float32()),
+        pa.field(FOV_RADIUS, pa.float32()),
+        pa.field(FOV_FRACTION, pa.float32()),
+        pa.field(BRIGHTNESS, pa.float32()),
+        pa.field(CONTRAST, pa.float32()),
+        pa.field(SHARPNESS, pa.float32()),
+        pa.field(GRADABLE, pa.bool_()),
+        pa.field(CANNY_PNG, pa.binary()),
+        pa.field(TOPHAT_PNG, pa.binary()),
+    ]
+)

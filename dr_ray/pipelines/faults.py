@@ -1,0 +1,35 @@
+"""Fault injection for tests of interruption and recovery (never set in production).
+
+``DR_RAY_INJECT_FAULT="<stage>:<image_id>:<mode>"`` makes the stage fail when it reaches that image:
+``raise`` raises :class:`InjectedFault` (a BaseException, so per-record quarantine does not catch it and
+the Ray job stops, as a crash would); ``exit`` kills the worker process (``os._exit``), as a lost node would.
+The variable must be in the environment the Ray workers start with (a fresh ``ray.init`` or a runtime_env).
+"""
+
+from __future__ import annotations
+
+import os
+
+FAULT_ENV = "DR_RAY_INJECT_FAULT"
+
+
+class InjectedFault(BaseException):
+    """Raised by :func:`maybe_inject`; deliberately not an ``Exception``."""
+
+
+def maybe_inject(stage: str, image_id: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    parts = spec.split(":")
+    if len(parts) < 3:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected <stage>:<image_id>:<raise|exit>")
+    want_stage, mode = parts[0], parts[-1]
+    want_id = ":".join(parts[1:-1])
+    if want_stage != stage or want_id != image_id:
+        return
+    if mode == "exit":
+        os._exit(17)
+    if mode == "raise":
+        raise InjectedFault(f"injected fault in {stage} at {image_id}")
+    raise ValueError(f"{FAULT_ENV}={spec!r}: mode must be raise or exit, got {mode!r}")
