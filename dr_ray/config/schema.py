@@ -81,7 +81,12 @@ class QualityConfig:
     min_brightness: float = 0.08  # mean luminance, 0..1
     max_brightness: float = 0.85
     min_contrast: float = 0.03  # std of luminance, 0..1
-    min_sharpness: float = 1e-5  # variance of the Laplacian (0..1 intensities)
+    # variance of the Laplacian of Gaussian (0..1 intensities) at output size. On the six real EyePACS
+    # sample photos at 512 px: 8e-6..6e-5 as taken, 0.6e-6..5e-6 after a 16-px (full-res) blur. Not calibrated
+    # against graders' gradability labels: the flag is advisory and rows are kept either way.
+    min_sharpness: float = 2e-6
+    sharpness_sigma: float = 1.0  # Gaussian sigma (px) before the Laplacian: makes the measure independent of
+    # the decode path (DCT-reduced vs full decode + area resize agree within 10%; plain Laplacian: 2x apart)
 
     def __post_init__(self) -> None:
         for name in ("min_fov_fraction", "min_brightness", "max_brightness", "min_contrast"):
@@ -90,6 +95,8 @@ class QualityConfig:
         _check(self.min_brightness < self.max_brightness, "preprocess.quality.max_brightness", self.max_brightness,
                "must be above min_brightness")
         _check(self.min_sharpness >= 0.0, "preprocess.quality.min_sharpness", self.min_sharpness, "must be >= 0")
+        _check(0.0 <= self.sharpness_sigma <= 10.0, "preprocess.quality.sharpness_sigma", self.sharpness_sigma,
+               "must be in 0..10")
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ class PreprocessConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     max_pixels: int = 120_000_000  # larger source frames are refused as decompression bombs
     min_side: int = 64  # smaller source frames are refused
-    png_compression: int = 1  # 0-9: zlib level for the stored PNGs (1 = fast, ~10% larger than 9)
+    png_compression: int = 1  # 0-9: zlib level of the stored PNGs (run-length strategy: the level barely matters)
 
     def __post_init__(self) -> None:
         _check(32 <= self.size <= 4096, "preprocess.size", self.size, "must be in 32..4096")

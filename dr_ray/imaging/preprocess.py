@@ -60,7 +60,7 @@ def _run(data: bytes, cfg: PreprocessConfig, *, reduced: bool) -> PreprocessResu
     crop = crop_to_fov(image, geom, size=size, margin=cfg.fov_margin, mask_outside=cfg.mask_outside_fov)
     fov = crop_fov_mask(geom, image.shape[:2], size=size, margin=cfg.fov_margin)  # (size, size) bool
     del image
-    quality = measure_quality(crop, fov, fov_fraction=geom.fraction)
+    quality = measure_quality(crop, fov, fov_fraction=geom.fraction, sharpness_sigma=cfg.quality.sharpness_sigma)
     out = crop
     if cfg.graham:
         out = graham_normalise(out, sigma_px=cfg.graham_sigma * size, mask=fov if cfg.mask_outside_fov else None)

@@ -3,11 +3,11 @@
 Measured on the cropped, resized image before any enhancement (so CLAHE/Graham settings do not change them),
 on luminance Y = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601, ``cv2.COLOR_RGB2GRAY``) scaled to 0..1.
 Sharpness is the variance of the Laplacian (Pech-Pacheco et al. 2000), a standard focus measure. It depends on
-the image scale, so compare values at the same output size. By default it is the plain 3x3 Laplacian (the
-``sharpness`` column and ``QualityConfig.min_sharpness`` are defined on it); that measure is dominated by the
-band just below Nyquist, where resampling chains differ: the same photo decoded at 1/4 + area resize vs full
-decode + area resize gives values up to ~2x apart. ``sharpness_sigma=1`` (Laplacian of Gaussian) brings the two
-within ~10% while a sigma-1.5 px blur still lowers it ~5x, but its values are ~10x smaller.
+the image scale, so compare values at the same output size. With ``sharpness_sigma=0`` it is the plain 3x3
+Laplacian, which is dominated by the band just below Nyquist, where resampling chains differ: the same photo
+decoded at 1/4 + area resize vs full decode + area resize gives values up to ~2x apart. The pipeline uses
+``QualityConfig.sharpness_sigma=1`` (Laplacian of Gaussian), which brings the two within ~10% while a sigma-1.5 px
+blur still lowers it ~5x; its values are ~10x smaller than the plain Laplacian's.
 """
 
 from __future__ import annotations

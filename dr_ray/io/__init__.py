@@ -1,39 +1,10 @@
-"""Column names, file access, dataset catalogs and fold assignment."""
+"""Column names, file access, dataset catalogs and fold assignment.
 
-from dr_ray.io.catalog import (
-    CatalogResult,
-    LabelProblem,
-    problems_table,
-    read_aptos,
-    read_catalog,
-    read_catalog_parquet,
-    read_drive,
-    read_eyepacs,
-    read_fgadr,
-    read_hrf_av,
-    read_idrid,
-    read_les_av,
-    read_messidor2,
-    validate_catalog,
-    write_catalog,
-)
-from dr_ray.io.folds import assign_folds
+The catalog API (readers, ``CatalogResult``, ``LabelProblem``, parquet helpers, ``assign_folds``) is
+:mod:`dr_ray.io.catalog`'s, re-exported here under the names of its ``__all__``.
+"""
 
-__all__ = [
-    "CatalogResult",
-    "LabelProblem",
-    "assign_folds",
-    "problems_table",
-    "read_aptos",
-    "read_catalog",
-    "read_catalog_parquet",
-    "read_drive",
-    "read_eyepacs",
-    "read_fgadr",
-    "read_hrf_av",
-    "read_idrid",
-    "read_les_av",
-    "read_messidor2",
-    "validate_catalog",
-    "write_catalog",
-]
+from dr_ray.io import catalog
+from dr_ray.io.catalog import *  # noqa: F403  (the names in catalog.__all__)
+
+__all__ = list(catalog.__all__)

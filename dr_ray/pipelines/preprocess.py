@@ -12,6 +12,7 @@ import json
 import logging
 import time
 
+import cv2
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -70,9 +71,12 @@ def preprocess_record(row: dict, cfg: PreprocessConfig, cfg_hash: str) -> dict:
     return out
 
 
-def preprocess_batch(batch: pa.Table, *, cfg: PreprocessConfig, cfg_hash: str) -> pa.Table:
+def preprocess_batch(batch: pa.Table, *, cfg: PreprocessConfig, cfg_hash: str, threads: float = 1) -> pa.Table:
     """Ray Data batch function. Input: catalog columns (``C.CATALOG_SCHEMA``). Output: ``C.PREPROCESS_SCHEMA``,
     one row per input row. Decoding is per image (libjpeg), so the batch is a loop over its rows."""
+    # A task holds cpus_per_task CPUs; OpenCV's own thread pool would otherwise use every core of the node
+    # in each of the node's concurrent tasks.
+    cv2.setNumThreads(max(1, int(threads)))
     rows = [preprocess_record(r, cfg, cfg_hash) for r in batch.to_pylist()]
     return pa.Table.from_pylist(rows, schema=_OUTPUT_SCHEMA)
 
@@ -84,7 +88,7 @@ def build_preprocess_pipeline(ds, cfg: Config):
         batch_format="pyarrow",
         batch_size=cfg.ray.batch_size,
         num_cpus=cfg.ray.cpus_per_task,
-        fn_kwargs={"cfg": cfg.preprocess, "cfg_hash": config_hash(cfg.preprocess)},
+        fn_kwargs={"cfg": cfg.preprocess, "cfg_hash": config_hash(cfg.preprocess), "threads": cfg.ray.cpus_per_task},
     )
 
 
@@ -131,6 +135,7 @@ def run_preprocess(cfg: Config) -> StageSummary:
     log.info("%s: %d catalog rows, %d done by earlier runs, %d to process -> %s",
              STAGE, catalog.table.num_rows, already, todo.num_rows, out)
 
+    elapsed = 0.0
     if todo.num_rows:
         init_ray(cfg.ray)
         blocks = blocks_of(todo, max_rows=cfg.ray.rows_per_file, min_blocks=4 * _total_cpus())
@@ -138,13 +143,12 @@ def run_preprocess(cfg: Config) -> StageSummary:
         t0 = time.perf_counter()
         ds.write_parquet(out, partition_cols=[C.STATUS])
         elapsed = time.perf_counter() - t0
-        log.info("%s: %d images in %.1f s (%.1f images/s)", STAGE, todo.num_rows, elapsed,
-                 todo.num_rows / max(elapsed, 1e-9))
 
     after = scan_outputs(out)
     summary = summarise(STAGE, catalog.table, after, label_problems=len(catalog.problems), already_done=already,
                         processed_now=todo.num_rows, output=out)
     summary.removed_incomplete = len(before.removed_incomplete) + len(after.removed_incomplete)
+    summary.run_seconds = elapsed
     bad = after.table.filter(pc.equal(after.table.column(C.STATUS), C.STATUS_QUARANTINED))
     fs.write_csv(fs.join(out, "quarantine.csv"), bad.select([C.IMAGE_ID, C.PATH, C.ERROR]))
     fs.write_text(fs.join(out, "summary.json"), json.dumps(summary.as_dict(), indent=2))

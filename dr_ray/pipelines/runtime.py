@@ -108,6 +108,7 @@ class StageSummary:
     removed_incomplete: int  # unreadable shards deleted before this run
     output: str
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    run_seconds: float = 0.0  # wall time of this run's Ray execution (read + process + write), no start-up
 
     @property
     def reconciles(self) -> bool:
@@ -123,8 +124,9 @@ class StageSummary:
             f"{self.stage}: catalog rows {self.catalog_rows} (label problems {self.label_problems})",
             f"  in: {self.catalog_rows} = written {self.written} + quarantined {self.quarantined}"
             f"  [{'reconciles' if self.reconciles else 'DOES NOT RECONCILE'}]",
-            f"  this run: processed {self.processed_now}, found done from earlier runs {self.already_done},"
-            f" removed incomplete shards {self.removed_incomplete}",
+            f"  this run: processed {self.processed_now} in {self.run_seconds:.1f} s"
+            f" ({self.processed_now / max(self.run_seconds, 1e-9):.1f} images/s), found done from earlier runs"
+            f" {self.already_done}, removed incomplete shards {self.removed_incomplete}",
             *(f"  quarantined: {n} x {reason}" for reason, n in sorted(self.quarantine_reasons.items())),
             f"  output: {self.output}",
         ]

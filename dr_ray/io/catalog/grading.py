@@ -8,52 +8,30 @@ folder-level problem (line 0) and left out too.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import Callable
 
 from dr_ray.io import fs
 from dr_ray.io.catalog._base import (
     CatalogResult,
+    Collector,
     FolderIndex,
-    Header,
+    LabelFile,
     LabelProblem,
-    Seen,
     basename,
-    build_table,
     csv_rows,
     first_dir,
-    fit_row,
+    grade_at,
     new_row,
+    open_labels,
     parse_grade,
     patient_and_eye,
     read_label_text,
     require_root,
     resolve_labels,
     stem,
-    strip_image_ext,
-    unlabelled_problem,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Collector:
-    dataset: str
-    rows: list
-    problems: list
-    seen: Seen
-
-    @classmethod
-    def new(cls, dataset: str) -> "_Collector":
-        return cls(dataset, [], [], Seen())
-
-    def problem(self, file: str, line: int, reason: str) -> None:
-        self.problems.append(LabelProblem(file, line, reason))
-
-    def result(self) -> CatalogResult:
-        table = build_table(self.rows)
-        log.info("%s: %d catalog rows, %d label problems", self.dataset, table.num_rows, len(self.problems))
-        return CatalogResult(table, self.problems)
 
 
 # --- EyePACS -------------------------------------------------------------------------------------
@@ -103,17 +81,11 @@ def read_eyepacs(root: str, labels: str = "") -> CatalogResult:
             expected = " or ".join(fs.join(root, n) for n, _, _ in _EYEPACS_SOURCES)
             raise FileNotFoundError(f"{dataset}: no label file found; expected {expected}")
 
-    out = _Collector.new(dataset)
-    used: dict[str, set[str]] = {}
+    out = Collector(dataset)
     indexes: dict[str, FolderIndex] = {}
     label_files: dict[str, list[str]] = {}
     for path, spec in sources:
-        text = read_label_text(path)
-        records = csv_rows(text)
-        first = next(records, None)
-        if first is None:
-            raise ValueError(f"{dataset}: label file {path} is empty")
-        header = Header(first[1], path)
+        header, records = open_labels(dataset, path)
         i_img = header.require("image")
         i_lvl = header.require("level")
         i_use = header.find("Usage")
@@ -126,43 +98,26 @@ def read_eyepacs(root: str, labels: str = "") -> CatalogResult:
             raise FileNotFoundError(f"{dataset}: no image folder for {path}; looked in {folders} under {root}")
         index = indexes.setdefault(folder, FolderIndex(folder))
         label_files.setdefault(folder, []).append(path)
-        hits = used.setdefault(folder, set())
+        label_file = LabelFile(path, len(header), i_img, index, grade_at(i_lvl),
+                               expected=lambda cell, native: native + ".jpeg", check=_usage_check(i_use))
         for line, fields in records:
-            row = fit_row(fields, len(header))
-            if isinstance(row, str):
-                out.problem(path, line, row)
+            rec = out.label_row(label_file, line, fields)
+            if rec is None:
                 continue
-            native = strip_image_ext(row[i_img])
-            if not native:
-                out.problem(path, line, "empty image id")
-                continue
-            grade = parse_grade(row[i_lvl])
-            if isinstance(grade, str):
-                out.problem(path, line, grade)
-                continue
-            split = default_split
-            if i_use is not None:
-                usage = row[i_use].lower()
-                if not usage:
-                    out.problem(path, line, "empty Usage")
-                    continue
-                split = f"test_{usage}"
-            dup = out.seen.check(native, path, line)
-            if dup:
-                out.problem(path, line, dup)
-                continue
-            image = index.find(row[i_img])
-            if image is None:
-                out.problem(path, line, f"image file not found: {fs.join(folder, native + '.jpeg')}")
-                continue
-            hits.add(image)
-            patient, eye = patient_and_eye(native)
-            out.rows.append(new_row(dataset, native, image, patient=patient, eye=eye, grade=grade, split=split))
+            split = default_split if i_use is None else f"test_{rec.cells[i_use].lower()}"
+            patient, eye = patient_and_eye(rec.native)
+            out.rows.append(new_row(dataset, rec.native, rec.image, patient=patient, eye=eye, grade=rec.grade,
+                                    split=split))
     for folder, index in indexes.items():
-        p = unlabelled_problem(index, used[folder], label_files[folder])
-        if p:
-            out.problems.append(p)
+        out.report_unlabelled(index, label_files[folder])
     return out.result()
+
+
+def _usage_check(i_use: int | None) -> Callable[[list[str]], str | None]:
+    """``LabelFile.check`` for a Usage column (solution file): its cell must not be empty."""
+    if i_use is None:
+        return lambda cells: None
+    return lambda cells: None if cells[i_use] else "empty Usage"
 
 
 # --- APTOS ---------------------------------------------------------------------------------------
@@ -187,50 +142,23 @@ def read_aptos(root: str, labels: str = "") -> CatalogResult:
     dataset = "aptos"
     root = require_root(dataset, root)
     path = resolve_labels(root, labels or "train.csv")
-    text = read_label_text(path)
+    header, records = open_labels(dataset, path)
     name = stem(path)
     split = "test" if name.lower().startswith("test") else "train"
     folder = first_dir(root, (f"{name}_images", "train_images", "images", ""))
-    records = csv_rows(text)
-    first = next(records, None)
-    if first is None:
-        raise ValueError(f"{dataset}: label file {path} is empty")
-    header = Header(first[1], path)
     i_id = header.require("id_code")
     i_dx = header.find("diagnosis")
     if i_dx is None:
         log.warning("%s has no 'diagnosis' column: reading it as unlabelled (grade null)", path)
     index = FolderIndex(folder)
-    out = _Collector.new(dataset)
-    hits: set[str] = set()
+    label_file = LabelFile(path, len(header), i_id, index, grade_at(i_dx),
+                           expected=lambda cell, native: native + ".png")
+    out = Collector(dataset)
     for line, fields in records:
-        row = fit_row(fields, len(header))
-        if isinstance(row, str):
-            out.problem(path, line, row)
-            continue
-        native = strip_image_ext(row[i_id])
-        if not native:
-            out.problem(path, line, "empty image id")
-            continue
-        grade = None
-        if i_dx is not None:
-            grade = parse_grade(row[i_dx])
-            if isinstance(grade, str):
-                out.problem(path, line, grade)
-                continue
-        dup = out.seen.check(native, path, line)
-        if dup:
-            out.problem(path, line, dup)
-            continue
-        image = index.find(row[i_id])
-        if image is None:
-            out.problem(path, line, f"image file not found: {fs.join(folder, native + '.png')}")
-            continue
-        hits.add(image)
-        out.rows.append(new_row(dataset, native, image, grade=grade, split=split))
-    p = unlabelled_problem(index, hits, [path])
-    if p:
-        out.problems.append(p)
+        rec = out.label_row(label_file, line, fields)
+        if rec is not None:
+            out.rows.append(new_row(dataset, rec.native, rec.image, grade=rec.grade, split=split))
+    out.report_unlabelled(index, [path])
     return out.result()
 
 
@@ -238,6 +166,7 @@ def read_aptos(root: str, labels: str = "") -> CatalogResult:
 
 _MESSIDOR_LABELS = ("messidor_data.csv", "messidor-2.csv", "messidor2.csv")
 _MESSIDOR_PAIRS = ("messidor-2_pairs.csv", "messidor_pairs.csv", "messidor-2.csv", "messidor2.csv")
+_EYES = {"l": "left", "os": "left", "r": "right", "od": "right"}
 
 
 def _messidor_pairs(root: str, label_path: str, problems: list[LabelProblem]) -> dict[str, tuple[str, str]]:
@@ -310,69 +239,49 @@ def read_messidor2(root: str, labels: str = "") -> CatalogResult:
             raise FileNotFoundError(
                 f"{dataset}: no label file found; expected one of {', '.join(fs.join(root, n) for n in _MESSIDOR_LABELS)}"
             )
-    text = read_label_text(path)
-    records = csv_rows(text)
-    first = next(records, None)
-    if first is None:
-        raise ValueError(f"{dataset}: label file {path} is empty")
-    header = Header(first[1], path)
+    header, records = open_labels(dataset, path)
     i_img = header.require("image_id", "image", "filename", "name")
     i_grade = header.require("adjudicated_dr_grade", "grade", "dr_grade", "level")
     i_gradable = header.find("adjudicated_gradable", "gradable")
     i_patient = header.find("patient_id", "patient", "exam", "exam_id")
     i_eye = header.find("eye", "laterality")
-    out = _Collector.new(dataset)
+    out = Collector(dataset)
     pairs = {} if i_patient is not None else _messidor_pairs(root, path, out.problems)
-    folder = first_dir(root, ("IMAGES", "images", "Images", ""))
-    index = FolderIndex(folder)
-    hits: set[str] = set()
-    for line, fields in records:
-        row = fit_row(fields, len(header))
-        if isinstance(row, str):
-            out.problem(path, line, row)
-            continue
-        cell = row[i_img]
-        native = strip_image_ext(cell)
-        if not native:
-            out.problem(path, line, "empty image id")
-            continue
-        gradable = True
-        if i_gradable is not None and row[i_gradable]:
-            g = parse_grade(row[i_gradable])
+    index = FolderIndex(first_dir(root, ("IMAGES", "images", "Images", "")))
+
+    def grade(cells: list[str]) -> int | str | None:
+        """Ungradable (gradable cell 0) -> None: kept with grade null."""
+        if i_gradable is not None and cells[i_gradable]:
+            g = parse_grade(cells[i_gradable])
             if g not in (0, 1):
-                out.problem(path, line, f"gradable {row[i_gradable]!r} is not 0 or 1")
-                continue
-            gradable = g == 1
-        grade = None
-        if gradable:
-            grade = parse_grade(row[i_grade])
-            if isinstance(grade, str):
-                out.problem(path, line, grade)
-                continue
-        eye = None
-        if i_eye is not None and row[i_eye]:
-            eye = row[i_eye].lower()
-            eye = {"l": "left", "os": "left", "r": "right", "od": "right"}.get(eye, eye)
-            if eye not in ("left", "right"):
-                out.problem(path, line, f"eye {row[i_eye]!r} is not left or right")
-                continue
-        dup = out.seen.check(native, path, line)
-        if dup:
-            out.problem(path, line, dup)
+                return f"gradable {cells[i_gradable]!r} is not 0 or 1"
+            if g == 0:
+                return None
+        return parse_grade(cells[i_grade])
+
+    def eye_of(cells: list[str]) -> str | None:
+        """The eye cell, lower case, L / OS / R / OD as "left" / "right"; None when absent or empty.
+        Anything else comes back as is (``eye_check`` rejects it)."""
+        if i_eye is None or not cells[i_eye]:
+            return None
+        eye = cells[i_eye].lower()
+        return _EYES.get(eye, eye)
+
+    def eye_check(cells: list[str]) -> str | None:
+        ok = eye_of(cells) in (None, "left", "right")
+        return None if ok else f"eye {cells[i_eye]!r} is not left or right"
+
+    label_file = LabelFile(path, len(header), i_img, index, grade, check=eye_check,
+                           expected=lambda cell, native: cell if "." in basename(cell) else native + ".png")
+    for line, fields in records:
+        rec = out.label_row(label_file, line, fields)
+        if rec is None:
             continue
-        image = index.find(cell)
-        if image is None:
-            expected = cell if "." in basename(cell) else native + ".png"
-            out.problem(path, line, f"image file not found: {fs.join(folder, expected)}")
-            continue
-        hits.add(image)
-        patient = None
-        if i_patient is not None and row[i_patient]:
-            patient = row[i_patient]
-        elif native.lower() in pairs:
-            patient, eye = pairs[native.lower()]
-        out.rows.append(new_row(dataset, native, image, patient=patient, eye=eye, grade=grade))
-    p = unlabelled_problem(index, hits, [path])
-    if p:
-        out.problems.append(p)
+        patient, eye = None, eye_of(rec.cells)
+        if i_patient is not None and rec.cells[i_patient]:
+            patient = rec.cells[i_patient]
+        elif rec.native.lower() in pairs:
+            patient, eye = pairs[rec.native.lower()]
+        out.rows.append(new_row(dataset, rec.native, rec.image, patient=patient, eye=eye, grade=rec.grade))
+    out.report_unlabelled(index, [path])
     return out.result()

@@ -7,34 +7,29 @@ reported once as a folder-level problem (line 0).
 
 from __future__ import annotations
 
-import logging
-
 from dr_ray.io import columns as C
 from dr_ray.io import fs
 from dr_ray.io.catalog._base import (
     MASK_EXTENSIONS,
     CatalogResult,
+    Collector,
     FolderIndex,
-    Header,
+    LabelFile,
     LabelProblem,
-    Seen,
     basename,
-    build_table,
     csv_rows,
     first_dir,
     fit_row,
+    grade_at,
     has_ext,
     new_row,
+    open_labels,
     parse_grade,
     read_label_text,
     require_root,
     resolve_labels,
     stem,
-    strip_image_ext,
-    unlabelled_problem,
 )
-
-log = logging.getLogger(__name__)
 
 # --- IDRiD ---------------------------------------------------------------------------------------
 
@@ -97,19 +92,16 @@ def read_idrid(root: str, labels: str = "") -> CatalogResult:
         raise FileNotFoundError(
             f"{dataset}: neither 'B. Disease Grading' nor 'A. Segmentation' found under {root}"
         )
-    rows: list[dict] = []
-    problems: list[LabelProblem] = []
+    out = Collector(dataset)
     if grading is not None or labels:
-        _idrid_grading(root, grading, labels, rows, problems)
+        _idrid_grading(root, grading, labels, out)
     if segmentation is not None:
-        _idrid_segmentation(segmentation, rows, problems)
-    table = build_table(rows)
-    log.info("%s: %d catalog rows, %d label problems", dataset, table.num_rows, len(problems))
-    return CatalogResult(table, problems)
+        _idrid_segmentation(segmentation, out.rows, out.problems)
+    return out.result()
 
 
-def _idrid_grading(root: str, grading: str | None, labels: str, rows: list, problems: list) -> None:
-    dataset = "idrid"
+def _idrid_grading(root: str, grading: str | None, labels: str, out: Collector) -> None:
+    dataset = out.dataset
     if labels:
         csvs = [resolve_labels(root, labels)]
     else:
@@ -124,41 +116,20 @@ def _idrid_grading(root: str, grading: str | None, labels: str, rows: list, prob
         index = FolderIndex(folder if fs.is_dir(folder) else None)
         if not index.exists:
             raise FileNotFoundError(f"{dataset}: image folder for {path} not found: {folder}")
-        records = csv_rows(read_label_text(path))
-        first = next(records, None)
-        if first is None:
-            raise ValueError(f"{dataset}: label file {path} is empty")
-        header = Header(first[1], path)
+        header, records = open_labels(dataset, path)
         i_img = header.require("Image name", "image")
         i_grade = header.require("Retinopathy grade", "grade")
-        seen = Seen()
-        hits: set[str] = set()
+        label_file = LabelFile(path, len(header), i_img, index, grade_at(i_grade),
+                               expected=lambda cell, native: native + ".jpg")
+        # Same rows and problems, but each grading file is its own id space (ids carry the split: the
+        # test images reuse the training names), so duplicates and unlabelled images are per file.
+        per_file = Collector(dataset, out.rows, out.problems)
         for line, fields in records:
-            row = fit_row(fields, len(header))
-            if isinstance(row, str):
-                problems.append(LabelProblem(path, line, row))
-                continue
-            native = strip_image_ext(row[i_img])
-            if not native:
-                problems.append(LabelProblem(path, line, "empty image id"))
-                continue
-            grade = parse_grade(row[i_grade])
-            if isinstance(grade, str):
-                problems.append(LabelProblem(path, line, grade))
-                continue
-            dup = seen.check(native, path, line)
-            if dup:
-                problems.append(LabelProblem(path, line, dup))
-                continue
-            image = index.find(row[i_img])
-            if image is None:
-                problems.append(LabelProblem(path, line, f"image file not found: {fs.join(folder, native + '.jpg')}"))
-                continue
-            hits.add(image)
-            rows.append(new_row(dataset, f"grading/{split}/{native}", image, grade=grade, split=split))
-        p = unlabelled_problem(index, hits, [path])
-        if p:
-            problems.append(p)
+            rec = per_file.label_row(label_file, line, fields)
+            if rec is not None:
+                per_file.rows.append(new_row(dataset, f"grading/{split}/{rec.native}", rec.image,
+                                             grade=rec.grade, split=split))
+        per_file.report_unlabelled(index, [path])
 
 
 def _idrid_segmentation(seg: str, rows: list, problems: list) -> None:
@@ -229,57 +200,45 @@ def read_fgadr(root: str, labels: str = "") -> CatalogResult:
         raise FileNotFoundError(f"{dataset}: image folder not found: {images_dir} (nor under {root}/Seg-set)")
     index = FolderIndex(images_dir)
     path = resolve_labels(base, labels) if labels else fs.join(base, "DR_Seg_Grading_Label.csv")
-    problems: list[LabelProblem] = []
+    out = Collector(dataset)
 
     grades: dict[str, int] = {}
-    seen = Seen()
+    label_file = LabelFile(path, 2, 0, index, grade_at(1), expected=lambda cell, native: basename(cell))
     for n, (line, fields) in enumerate(csv_rows(read_label_text(path))):
-        row = fit_row(fields, 2)
-        if isinstance(row, str):
-            problems.append(LabelProblem(path, line, row))
+        if n == 0 and _is_header(fields):
             continue
-        grade = parse_grade(row[1])
-        if n == 0 and isinstance(grade, str) and not has_ext(row[0], (".png", ".jpg", ".jpeg", ".tif")):
-            continue  # a header row
-        native = strip_image_ext(row[0])
-        if not native:
-            problems.append(LabelProblem(path, line, "empty image id"))
-            continue
-        if isinstance(grade, str):
-            problems.append(LabelProblem(path, line, grade))
-            continue
-        dup = seen.check(native, path, line)
-        if dup:
-            problems.append(LabelProblem(path, line, dup))
-            continue
-        if index.find(row[0]) is None:
-            problems.append(LabelProblem(path, line, f"image file not found: {fs.join(images_dir, basename(row[0]))}"))
-            continue
-        grades[native] = grade
+        rec = out.label_row(label_file, line, fields)
+        if rec is not None:
+            grades[rec.native] = rec.grade
 
     mask_index: dict[str, FolderIndex] = {}
     for kind, names in _FGADR_MASKS:
         folder = first_dir(base, names)
         if folder is None:
-            problems.append(LabelProblem(
-                fs.join(base, names[0]), 0,
-                f"{C.LESION_NAMES[kind]} mask folder not found; {C.lesion_mask_column(kind)} left null"))
+            out.problem(fs.join(base, names[0]), 0,
+                        f"{C.LESION_NAMES[kind]} mask folder not found; {C.lesion_mask_column(kind)} left null")
             continue
         mask_index[kind] = FolderIndex(folder, MASK_EXTENSIONS)
 
-    rows = []
     ungraded = []
-    for image in index.images(problems):
+    for image in index.images(out.problems):
         native = stem(image)
         grade = grades.get(native)
         if grade is None:
             ungraded.append(basename(image))
         lesion = {C.lesion_mask_column(k): (mi.find(basename(image)) if (mi := mask_index.get(k)) else None)
                   for k, _ in _FGADR_MASKS}
-        rows.append(new_row(dataset, native, image, grade=grade, **lesion))
+        out.rows.append(new_row(dataset, native, image, grade=grade, **lesion))
     if ungraded:
         names = ", ".join(ungraded[:5]) + (", ..." if len(ungraded) > 5 else "")
-        problems.append(LabelProblem(path, 0, f"{len(ungraded)} image(s) have no valid grade row; kept with grade null: {names}"))
-    table = build_table(rows)
-    log.info("%s: %d catalog rows, %d label problems", dataset, table.num_rows, len(problems))
-    return CatalogResult(table, problems)
+        out.problem(path, 0, f"{len(ungraded)} image(s) have no valid grade row; kept with grade null: {names}")
+    return out.result()
+
+
+def _is_header(fields: list[str]) -> bool:
+    """FGADR's grade CSV has no header; a first record whose grade cell is not a grade and whose
+    image cell is not an image file name is taken as one."""
+    row = fit_row(fields, 2)
+    if isinstance(row, str):
+        return False  # reported by the row checks
+    return isinstance(parse_grade(row[1]), str) and not has_ext(row[0], (".png", ".jpg", ".jpeg", ".tif"))

@@ -7,7 +7,6 @@ mask folder); an absent optional label folder (e.g. no DRIVE_AV) just leaves the
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,18 +15,15 @@ from dr_ray.io import fs
 from dr_ray.io.catalog._base import (
     MASK_EXTENSIONS,
     CatalogResult,
+    Collector,
     FolderIndex,
-    LabelProblem,
-    build_table,
     dirname,
     first_dir,
     new_row,
     require_root,
-    unique_rows,
     stem,
+    unique_rows,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,16 +35,15 @@ class _Mask:
     required: bool = False  # the dataset always ships this folder: report it when absent
 
 
-def _read_folder_set(dataset: str, images_dir: str, split: str | None, masks: list[_Mask],
-                     rows: list, problems: list) -> None:
+def _read_folder_set(out: Collector, images_dir: str, split: str | None, masks: list[_Mask]) -> None:
     index = FolderIndex(images_dir)
     mask_index = {}
     for m in masks:
         if m.folder is not None and fs.is_dir(m.folder):
             mask_index[m.column] = FolderIndex(m.folder, MASK_EXTENSIONS)
         elif m.required and m.folder is not None:
-            problems.append(LabelProblem(m.folder, 0, f"{m.what} folder not found; {m.column} left null"))
-    for image in index.images(problems):
+            out.problem(m.folder, 0, f"{m.what} folder not found; {m.column} left null")
+    for image in index.images(out.problems):
         native = stem(image)
         paths = {}
         for m in masks:
@@ -57,9 +52,9 @@ def _read_folder_set(dataset: str, images_dir: str, split: str | None, masks: li
                 continue
             hit = mi.find_stem(m.name(native))
             if hit is None:
-                problems.append(LabelProblem(m.folder, 0, f"no {m.what} for {native}: expected {m.name(native)}.*"))
+                out.problem(m.folder, 0, f"no {m.what} for {native}: expected {m.name(native)}.*")
             paths[m.column] = hit
-        rows.append(new_row(dataset, native, image, split=split, **paths))
+        out.rows.append(new_row(out.dataset, native, image, split=split, **paths))
 
 
 def _dir(path: str) -> str | None:
@@ -71,10 +66,10 @@ def _no_labels(dataset: str, labels: str) -> None:
         raise ValueError(f"{dataset} has no label file; labels must be empty (got {labels!r})")
 
 
-def _result(dataset: str, root: str, rows: list, problems: list) -> CatalogResult:
-    table = build_table(unique_rows(rows, problems, root))
-    log.info("%s: %d catalog rows, %d label problems", dataset, table.num_rows, len(problems))
-    return CatalogResult(table, problems)
+def _result(out: Collector, root: str) -> CatalogResult:
+    """The catalog, first row of each image id kept (folder sets of one dataset may overlap)."""
+    out.rows = unique_rows(out.rows, out.problems, root)
+    return out.result()
 
 
 # --- DRIVE ---------------------------------------------------------------------------------------
@@ -104,8 +99,7 @@ def read_drive(root: str, labels: str = "") -> CatalogResult:
             raise FileNotFoundError(f"{dataset}: DRIVE_AV folder not found: {av_root}")
     else:
         av_root = first_dir(root, ("DRIVE_AV",)) or _dir(fs.join(dirname(root), "DRIVE_AV"))
-    rows: list[dict] = []
-    problems: list[LabelProblem] = []
+    out = Collector(dataset)
     found = False
     for sub, split in (("training", "train"), ("test", "test")):
         images_dir = fs.join(root, sub, "images")
@@ -119,10 +113,10 @@ def read_drive(root: str, labels: str = "") -> CatalogResult:
             _Mask(C.AV_MASK_PATH, _dir(fs.join(av_root, sub, "1st_manual")) if av_root else None,
                   lambda s: s, "artery/vein map"),
         ]
-        _read_folder_set(dataset, images_dir, split, masks, rows, problems)
+        _read_folder_set(out, images_dir, split, masks)
     if not found:
         raise FileNotFoundError(f"{dataset}: no training/images or test/images folder under {root}")
-    return _result(dataset, root, rows, problems)
+    return _result(out, root)
 
 
 # --- HRF-AV / LES-AV -----------------------------------------------------------------------------
@@ -139,6 +133,20 @@ def _split_bases(root: str) -> list[tuple[str, str | None]]:
     return bases
 
 
+def _read_split_layout(dataset: str, root: str, labels: str, masks_of: Callable[[str], list[_Mask]]) -> CatalogResult:
+    """The layout HRF-AV and LES-AV share: ``images/`` plus the mask folders ``masks_of(base)``
+    names, in ``root`` itself and/or in ``root/training`` and ``root/test`` (see ``_split_bases``)."""
+    root = require_root(dataset, root)
+    _no_labels(dataset, labels)
+    bases = _split_bases(root)
+    if not bases:
+        raise FileNotFoundError(f"{dataset}: no images/ folder under {root} (nor training/images, test/images)")
+    out = Collector(dataset)
+    for base, split in bases:
+        _read_folder_set(out, fs.join(base, "images"), split, masks_of(base))
+    return _result(out, root)
+
+
 def read_hrf_av(root: str, labels: str = "") -> CatalogResult:
     """HRF-AV: HRF images (Budai et al. 2013) with artery/vein labels (Hemelings et al. 2019).
 
@@ -153,23 +161,12 @@ def read_hrf_av(root: str, labels: str = "") -> CatalogResult:
     filename category (dr / g / h) is a diagnosis, not an ICDR grade, so grade stays null; it can
     be read back from the id (``hrf_av/01_dr``). ``split`` is null for the flat layout.
     """
-    dataset = "hrf_av"
-    root = require_root(dataset, root)
-    _no_labels(dataset, labels)
-    bases = _split_bases(root)
-    if not bases:
-        raise FileNotFoundError(f"{dataset}: no images/ folder under {root} (nor training/images, test/images)")
-    rows: list[dict] = []
-    problems: list[LabelProblem] = []
-    for base, split in bases:
-        masks = [
-            _Mask(C.AV_MASK_PATH, fs.join(base, "1st_manual"), lambda s: f"{s}_AVmanual", "artery/vein map",
-                  required=True),
-            _Mask(C.FOV_MASK_PATH, fs.join(base, "mask"), lambda s: f"{s}_mask", "FOV mask", required=True),
-            _Mask(C.VESSEL_MASK_PATH, _dir(fs.join(base, "manual1")), lambda s: s, "vessel mask"),
-        ]
-        _read_folder_set(dataset, fs.join(base, "images"), split, masks, rows, problems)
-    return _result(dataset, root, rows, problems)
+    return _read_split_layout("hrf_av", root, labels, lambda base: [
+        _Mask(C.AV_MASK_PATH, fs.join(base, "1st_manual"), lambda s: f"{s}_AVmanual", "artery/vein map",
+              required=True),
+        _Mask(C.FOV_MASK_PATH, fs.join(base, "mask"), lambda s: f"{s}_mask", "FOV mask", required=True),
+        _Mask(C.VESSEL_MASK_PATH, _dir(fs.join(base, "manual1")), lambda s: s, "vessel mask"),
+    ])
 
 
 def read_les_av(root: str, labels: str = "") -> CatalogResult:
@@ -184,19 +181,8 @@ def read_les_av(root: str, labels: str = "") -> CatalogResult:
 
     ``split`` is null for the flat layout, else "train" / "test".
     """
-    dataset = "les_av"
-    root = require_root(dataset, root)
-    _no_labels(dataset, labels)
-    bases = _split_bases(root)
-    if not bases:
-        raise FileNotFoundError(f"{dataset}: no images/ folder under {root} (nor training/images, test/images)")
-    rows: list[dict] = []
-    problems: list[LabelProblem] = []
-    for base, split in bases:
-        masks = [
-            _Mask(C.AV_MASK_PATH, fs.join(base, "1st_manual"), lambda s: s, "artery/vein map", required=True),
-            _Mask(C.VESSEL_MASK_PATH, fs.join(base, "2nd_manual"), lambda s: s, "vessel mask", required=True),
-            _Mask(C.FOV_MASK_PATH, fs.join(base, "mask"), lambda s: f"{s}_mask", "FOV mask", required=True),
-        ]
-        _read_folder_set(dataset, fs.join(base, "images"), split, masks, rows, problems)
-    return _result(dataset, root, rows, problems)
+    return _read_split_layout("les_av", root, labels, lambda base: [
+        _Mask(C.AV_MASK_PATH, fs.join(base, "1st_manual"), lambda s: s, "artery/vein map", required=True),
+        _Mask(C.VESSEL_MASK_PATH, fs.join(base, "2nd_manual"), lambda s: s, "vessel mask", required=True),
+        _Mask(C.FOV_MASK_PATH, fs.join(base, "mask"), lambda s: f"{s}_mask", "FOV mask", required=True),
+    ])
