@@ -117,18 +117,18 @@ def run_preprocess(cfg: Config) -> StageSummary:
     import ray
 
     out = stage_dir(cfg.output.dir, STAGE)
-    fs.makedirs(out)
     cfg_hash = config_hash(cfg.preprocess)
-    fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
-
     catalog = build_catalog(cfg.data, cfg.output.dir)
-    write_catalog(catalog.table, fs.join(out, "catalog.parquet"))
-    fs.write_csv(fs.join(out, "label_problems.csv"), problems_table(catalog.problems))
     for p in catalog.problems:
         log.warning("label problem %s line %d: %s", p.file, p.line, p.reason)
 
     before = scan_outputs(out)
+    # Refuse before writing anything, so a refused run leaves the earlier run's side files as they were.
     _check_resumable(before.table, cfg_hash, out, cfg.output.resume)
+    fs.makedirs(out)
+    fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
+    write_catalog(catalog.table, fs.join(out, "catalog.parquet"))
+    fs.write_csv(fs.join(out, "label_problems.csv"), problems_table(catalog.problems))
     done = before.ids()
     todo = catalog.table.filter(pc.invert(pc.is_in(catalog.table.column(C.IMAGE_ID), value_set=done)))
     already = catalog.table.num_rows - todo.num_rows
@@ -146,9 +146,8 @@ def run_preprocess(cfg: Config) -> StageSummary:
 
     after = scan_outputs(out)
     summary = summarise(STAGE, catalog.table, after, label_problems=len(catalog.problems), already_done=already,
-                        processed_now=todo.num_rows, output=out)
-    summary.removed_incomplete = len(before.removed_incomplete) + len(after.removed_incomplete)
-    summary.run_seconds = elapsed
+                        processed_now=todo.num_rows, output=out, run_seconds=elapsed,
+                        removed_incomplete=len(before.removed_incomplete) + len(after.removed_incomplete))
     bad = after.table.filter(pc.equal(after.table.column(C.STATUS), C.STATUS_QUARANTINED))
     fs.write_csv(fs.join(out, "quarantine.csv"), bad.select([C.IMAGE_ID, C.PATH, C.ERROR]))
     fs.write_text(fs.join(out, "summary.json"), json.dumps(summary.as_dict(), indent=2))

@@ -139,7 +139,9 @@ def reason_kind(error: str) -> str:
 
 
 def summarise(stage: str, catalog: pa.Table, scan: OutputScan, *, label_problems: int, already_done: int,
-              processed_now: int, output: str) -> StageSummary:
+              processed_now: int, output: str, run_seconds: float = 0.0,
+              removed_incomplete: int | None = None) -> StageSummary:
+    """Counts of ``scan`` against ``catalog``. ``removed_incomplete`` defaults to the shards ``scan`` removed."""
     ids = catalog.column(C.IMAGE_ID)
     out = scan.table
     in_cat = pc.is_in(out.column(C.IMAGE_ID), value_set=ids.combine_chunks())
@@ -154,8 +156,9 @@ def summarise(stage: str, catalog: pa.Table, scan: OutputScan, *, label_problems
     return StageSummary(
         stage=stage, catalog_rows=catalog.num_rows, label_problems=label_problems, already_done=already_done,
         processed_now=processed_now, written=ok, quarantined=bad.num_rows, duplicates=out.num_rows - unique,
-        not_in_catalog=out.num_rows - inside.num_rows, removed_incomplete=len(scan.removed_incomplete),
-        output=output, quarantine_reasons=reasons,
+        not_in_catalog=out.num_rows - inside.num_rows,
+        removed_incomplete=len(scan.removed_incomplete) if removed_incomplete is None else removed_incomplete,
+        output=output, quarantine_reasons=reasons, run_seconds=run_seconds,
     )
 
 

@@ -125,10 +125,14 @@ def test_rerun_is_a_no_op_and_mixed_settings_are_refused(ray_cluster, mixed_cata
     assert (again.written, again.quarantined, again.duplicates) == (first.written, first.quarantined, 0)
     assert sorted(p.name for p in (tmp_path / "preprocess").rglob("*.parquet")) == files_before
 
+    saved = (tmp_path / "preprocess" / "config.yaml").read_text()
     with pytest.raises(ValueError, match="other preprocess settings"):
         run_preprocess(_cfg(mixed_catalog, tmp_path, "preprocess.size=256"))
     with pytest.raises(FileExistsError, match="output.resume=false"):
         run_preprocess(_cfg(mixed_catalog, tmp_path, "output.resume=false"))
+    # a refused run leaves the saved config describing the rows that are there
+    assert (tmp_path / "preprocess" / "config.yaml").read_text() == saved
+    assert load_config(tmp_path / "preprocess" / "config.yaml").preprocess.size == 128
 
 
 @pytest.mark.slow
