@@ -61,8 +61,9 @@ def glcm_features(gray: np.ndarray, mask: np.ndarray | None = None, *, distances
         return {k: float("nan") for k in GLCM_PROPS}
     valid = totals > 0  # an offset longer than the region has no pairs: leave it out of the average
     Pn = P / np.where(totals > 0, totals, 1)[None, None]
-    out = {prop: float(graycoprops(Pn, prop)[valid].mean())
-           for prop in ("contrast", "correlation", "homogeneity", "ASM")}
+    with np.errstate(divide="ignore", invalid="ignore"):  # offsets without pairs; excluded via `valid`
+        out = {prop: float(graycoprops(Pn, prop)[valid].mean())
+               for prop in ("contrast", "correlation", "homogeneity", "ASM")}
     out["energy"] = out.pop("ASM")  # eq. 19 is sum G^2 (skimage's "energy" is its square root)
     with np.errstate(divide="ignore", invalid="ignore"):
         ent = -np.where(Pn > 0, Pn * np.log2(Pn), 0.0).sum(axis=(0, 1))

@@ -1,0 +1,94 @@
+"""Global vascular biomarkers (vessel density, branch points, tortuosity, FD) with explicit "not measurable".
+
+A biomarker that cannot be measured on an input (no vessels, empty field of view, no edge with a defined
+chord) is returned as ``Measurement(value=None, reason="...")`` rather than a default number, so a batch job
+can store the reason next to a null. Invalid *inputs* (wrong ndim, mismatched shapes) still raise
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dr_ray.vessels.fractal import box_counting_fd
+from dr_ray.vessels.graph import NODE_JUNCTION, VesselGraph
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A measured value, or ``value=None`` with a human-readable ``reason`` why it could not be measured."""
+
+    value: float | None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+    def as_float(self) -> float:
+        """The value, or NaN when not measured (for numeric columns)."""
+        return float("nan") if self.value is None else float(self.value)
+
+
+def _check_mask(arr: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (H, W) array, got shape {arr.shape}")
+    return arr.astype(bool, copy=False)
+
+
+def vessel_density(mask: np.ndarray, fov: np.ndarray | None = None) -> Measurement:
+    """Fraction of field-of-view pixels that are vessel (dimensionless, 0..1).
+
+    mask: (H, W) bool vessel mask; fov: (H, W) bool field of view, None for the whole frame. Vessel pixels
+    outside the FOV are ignored. Not measurable when the FOV is empty.
+    """
+    mask = _check_mask(mask, "mask")
+    fov = np.ones_like(mask) if fov is None else _check_mask(fov, "fov")
+    if fov.shape != mask.shape:
+        raise ValueError(f"fov shape {fov.shape} does not match mask shape {mask.shape}")
+    n_fov = int(fov.sum())
+    if n_fov == 0:
+        return Measurement(None, "field-of-view mask is empty")
+    return Measurement(float(np.count_nonzero(mask & fov)) / n_fov)
+
+
+def branch_point_count(graph: VesselGraph) -> int:
+    """Number of junction nodes (degree >= 3, junction clusters contracted); 0 for an empty graph."""
+    return int(np.count_nonzero(graph.node_kind == NODE_JUNCTION))
+
+
+def mean_tortuosity(graph: VesselGraph, *, min_length_px: float = 10.0, length_weighted: bool = True) -> Measurement:
+    """Mean edge tortuosity (arc / chord, dimensionless >= 1) over edges at least ``min_length_px`` long.
+
+    Loops (undefined chord) are skipped. ``length_weighted``: weight each edge by its arc length, so that
+    long vessels dominate over short stubs. Not measurable when no edge qualifies.
+    """
+    if min_length_px < 0:
+        raise ValueError(f"min_length_px must be >= 0, got {min_length_px}")
+    t = graph.tortuosity
+    sel = np.isfinite(t) & (graph.arc_length_px >= min_length_px)
+    if not sel.any():
+        return Measurement(None, f"no vessel segment of at least {min_length_px} px with a defined chord")
+    w = graph.arc_length_px[sel] if length_weighted else np.ones(int(sel.sum()))
+    return Measurement(float(np.average(t[sel], weights=w)))
+
+
+def fractal_dimension(mask: np.ndarray, **kwargs) -> Measurement:
+    """:func:`box_counting_fd` (eq. 22) as a Measurement: None with a reason for an empty mask."""
+    mask = _check_mask(mask, "mask")
+    if not mask.any():
+        return Measurement(None, "no vessel pixels: fractal dimension undefined")
+    return Measurement(box_counting_fd(mask, **kwargs))
+
+
+def global_biomarkers(mask: np.ndarray, graph: VesselGraph, fov: np.ndarray | None = None) -> dict[str, Measurement]:
+    """The simple global biomarkers of one image: vessel density, fractal dimension, branch points, tortuosity."""
+    return {
+        "vessel_density": vessel_density(mask, fov),
+        "fractal_dimension": fractal_dimension(mask),
+        "branch_points": Measurement(float(branch_point_count(graph))),
+        "mean_tortuosity": mean_tortuosity(graph),
+    }
