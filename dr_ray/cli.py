@@ -15,15 +15,32 @@ from dr_ray.config import Config, ConfigError, load_config
 
 log = logging.getLogger("dr_ray")
 
-# A run small enough for CI and a first try: a few synthetic images, small frames.
-SMOKE_OVERRIDES = (
+# Per stage: a run small enough for CI and a first try.
+_DATA_SMOKE = (
     "data.limit=8",
     "data.folds=2",
     "data.synthetic.n_patients=3",
     "data.synthetic.width=768",
     "data.synthetic.height=512",
-    "preprocess.size=256",
 )
+SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
+    # a few synthetic images, small frames
+    "preprocess": (*_DATA_SMOKE, "preprocess.size=256"),
+    "catalog": (*_DATA_SMOKE, "preprocess.size=256"),
+    # 2 epochs of 64-px patches on CPU, one worker; the config's datasets are kept (synthetic when none).
+    # Its own run name, so a smoke test never resumes (or pollutes) the full run's checkpoints.
+    "train-vessels": (
+        "train_vessels.synthetic_images=4",
+        "train_vessels.synthetic_size=128",
+        "train_vessels.patch_size=64",
+        "train_vessels.patches_per_image=2",
+        "train_vessels.batch_size=4",
+        "train_vessels.epochs=2",
+        "train_vessels.num_workers=1",
+        "train_vessels.use_gpu=false",
+        "train_vessels.name=train_vessels_smoke",
+    ),
+}
 
 
 def _preprocess(cfg: Config) -> int:
@@ -50,9 +67,25 @@ def _catalog(cfg: Config) -> int:
     return 0
 
 
+def _train_vessels(cfg: Config) -> int:
+    import json
+
+    from dr_ray.pipelines.train_vessels import run_train_vessels
+
+    summary = run_train_vessels(cfg)
+    final = summary["final"]
+    print(f"train-vessels: {len(summary['train_images'])} training / {len(summary['val_images'])} validation "
+          f"images, {final['epoch']} epochs")
+    print("  last epoch: " + json.dumps({k: v for k, v in final.items() if k.startswith(("train_", "val_"))}))
+    print(f"  model: {summary['model_dir']}   metrics: {summary['metrics_path']}")
+    return 0
+
+
 STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
     "preprocess": ("decode, crop to the fundus, resize, CLAHE; write Parquet shards + quarantine", _preprocess),
     "catalog": ("read a dataset's labels into a catalog Parquet with patient-level folds", _catalog),
+    "train-vessels": ("train the vessel U-Net on Ray Train (patches, Dice+BCE); write a model directory + metrics",
+                      _train_vessels),
 }
 
 
@@ -61,21 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (help_text, _) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_stage_arguments(p)
+        add_stage_arguments(p, name)
     return parser
 
 
-def add_stage_arguments(p: argparse.ArgumentParser) -> None:
+def add_stage_arguments(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--config", default=None, help="YAML config (merged over configs/defaults.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key, e.g. --set preprocess.size=1024 (repeatable)")
-    p.add_argument("--smoke-test", action="store_true", help="tiny run: " + " ".join(SMOKE_OVERRIDES))
+    p.add_argument("--smoke-test", action="store_true",
+                   help="tiny run: " + " ".join(SMOKE_OVERRIDES.get(stage, ())))
     p.add_argument("--log-level", default="INFO")
 
 
 def run_stage(stage: str, args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = [*(SMOKE_OVERRIDES if args.smoke_test else ()), *args.overrides]
+    overrides = [*(SMOKE_OVERRIDES.get(stage, ()) if args.smoke_test else ()), *args.overrides]
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
@@ -92,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def job_main(stage: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jobs/<stage>.py``: the stage's own arguments, no subcommand."""
     p = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=STAGES[stage][0])
-    add_stage_arguments(p)
+    add_stage_arguments(p, stage)
     return run_stage(stage, p.parse_args(argv))
 
 

@@ -155,9 +155,79 @@ class OutputConfig:
         _check(bool(self.dir), "output.dir", self.dir, "must not be empty")
 
 
+VESSEL_DATASETS = ("drive", "hrf_av", "les_av")  # catalog readers with vessel (or A/V) masks
+VESSEL_MODELS = ("vessel_unet",)
+
+
+@dataclass(frozen=True)
+class TrainVesselsConfig:
+    """Binary vessel segmentation training (``dr-ray train-vessels``): patches from whole images, Ray Train workers.
+
+    Data: the catalog readers of ``datasets`` at ``roots`` (same order), or, when both are empty,
+    ``synthetic_images`` generated fundus frames (the demo / CI path). Validation holds out whole images
+    (by patient) and is scored on whole images inside the FOV.
+    """
+
+    datasets: tuple[str, ...] = ()  # subset of VESSEL_DATASETS; HRF-AV / LES-AV vessels = A/V map > 0
+    roots: tuple[str, ...] = ()  # one root per dataset, same order: local path or s3://
+    synthetic_images: int = 8  # used only when datasets is empty: this many make_fundus frames
+    synthetic_size: int = 256  # side of the synthetic frames, px
+    model: str = "vessel_unet"  # registry name (dr_ray.models)
+    encoder: str = "resnet18"  # timm encoder of the U-Net
+    pretrained: bool = False  # ImageNet encoder weights (needs the HF hub or its local cache)
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # one per x2 upsampling step (5 for stride 32)
+    patch_size: int = 256  # training patch side, px at the trained scale; a multiple of 32 (the U-Net's stride)
+    patches_per_image: int = 8  # random patches drawn from each training image per epoch
+    fov_bias: float = 0.9  # share of patches centred on a FOV pixel (the rest anywhere in the frame)
+    scale: float = 1.0  # resize factor applied to images and masks before patching and at inference
+    val_fraction: float = 0.2  # share of patients held out (whole images) for validation; at least one image
+    epochs: int = 10
+    batch_size: int = 8  # patches per step per worker
+    lr: float = 1e-3  # AdamW learning rate (cosine decay over epochs)
+    weight_decay: float = 1e-4
+    num_workers: int = 1  # Ray Train workers (DDP when > 1); each loads its shard of the training images
+    use_gpu: bool = False  # one GPU per worker
+    amp_bf16: bool = True  # bf16 autocast; applied on GPU only
+    seed: int = 0  # split, patch sampling and initialisation seed
+    name: str = "train_vessels"  # sub-folder of output.dir and Ray Train run name (same name = resume)
+
+    def __post_init__(self) -> None:
+        k = "train_vessels."
+        bad = [d for d in self.datasets if d not in VESSEL_DATASETS]
+        _check(not bad, k + "datasets", list(self.datasets), f"allowed entries are {', '.join(VESSEL_DATASETS)}")
+        _check(len(set(self.datasets)) == len(self.datasets), k + "datasets", list(self.datasets), "has duplicates")
+        _check(len(self.roots) == len(self.datasets), k + "roots", list(self.roots),
+               f"needs one root per dataset ({len(self.datasets)})")
+        _check(all(self.roots), k + "roots", list(self.roots), "must not contain empty paths")
+        _check(0 <= self.synthetic_images <= 10_000, k + "synthetic_images", self.synthetic_images,
+               "must be in 0..10000")
+        _check(bool(self.datasets) or self.synthetic_images >= 2, k + "synthetic_images", self.synthetic_images,
+               "must be >= 2 (one training, one validation image) when datasets is empty")
+        _check(64 <= self.synthetic_size <= 4096, k + "synthetic_size", self.synthetic_size, "must be in 64..4096")
+        _check(self.model in VESSEL_MODELS, k + "model", self.model, f"must be one of {', '.join(VESSEL_MODELS)}")
+        _check(bool(self.encoder), k + "encoder", self.encoder, "must not be empty")
+        _check(bool(self.decoder_channels) and all(c >= 1 for c in self.decoder_channels), k + "decoder_channels",
+               list(self.decoder_channels), "must be a non-empty list of positive ints")
+        _check(32 <= self.patch_size <= 2048 and self.patch_size % 32 == 0, k + "patch_size", self.patch_size,
+               "must be a multiple of 32 in 32..2048")
+        _check(1 <= self.patches_per_image <= 10_000, k + "patches_per_image", self.patches_per_image,
+               "must be in 1..10000")
+        _check(0.0 <= self.fov_bias <= 1.0, k + "fov_bias", self.fov_bias, "must be in 0..1")
+        _check(0.05 <= self.scale <= 4.0, k + "scale", self.scale, "must be in 0.05..4")
+        _check(0.0 < self.val_fraction < 1.0, k + "val_fraction", self.val_fraction, "must be in (0, 1)")
+        _check(1 <= self.epochs <= 100_000, k + "epochs", self.epochs, "must be in 1..100000")
+        _check(1 <= self.batch_size <= 4096, k + "batch_size", self.batch_size, "must be in 1..4096")
+        _check(0.0 < self.lr < 1.0, k + "lr", self.lr, "must be in (0, 1)")
+        _check(0.0 <= self.weight_decay < 1.0, k + "weight_decay", self.weight_decay, "must be in [0, 1)")
+        _check(1 <= self.num_workers <= 1024, k + "num_workers", self.num_workers, "must be in 1..1024")
+        _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), k + "name", self.name,
+               "must be a plain folder name")
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    train_vessels: TrainVesselsConfig = field(default_factory=TrainVesselsConfig)

@@ -1,0 +1,110 @@
+"""``dr-ray train-vessels``: binary vessel U-Net on Ray Train, from catalog readers or synthetic frames.
+
+Writes under ``<output.dir>/<train_vessels.name>/``:
+    model/         saved model directory (``save_model_dir``: model.pt + metadata.json) of the last epoch
+    metrics.json   per-epoch train loss and validation dice/auc/sensitivity/specificity/accuracy
+    config.yaml    the resolved config
+    ray/run/       Ray Train storage: per-epoch checkpoints; a second run with the same name resumes here
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+from dr_ray.config import Config, dump_yaml, to_dict
+from dr_ray.io import fs
+from dr_ray.pipelines.runtime import init_ray, stage_dir
+from dr_ray.training.data import VesselRecord, split_by_patient, train_data_hash
+from dr_ray.training.loops import load_training_state
+
+log = logging.getLogger(__name__)
+
+RAY_RUN_NAME = "run"
+
+
+def vessel_records(cfg: Config) -> tuple[list[VesselRecord], list[str]]:
+    """(records, ids skipped because they have no vessel or A/V mask) for ``cfg.train_vessels``."""
+    tv = cfg.train_vessels
+    if not tv.datasets:
+        return [VesselRecord(image_id=f"synthetic/{i:04d}", patient_id=f"synthetic/{i:04d}",
+                             synthetic_seed=tv.seed * 100_003 + i, synthetic_size=tv.synthetic_size)
+                for i in range(tv.synthetic_images)], []
+    from dr_ray.io.catalog import read_catalog
+
+    records, skipped = [], []
+    for dataset, root in zip(tv.datasets, tv.roots):
+        root = root if fs.is_uri(root) else os.path.abspath(root)  # Ray workers may run in another cwd
+        result = read_catalog(dataset, root)
+        for p in result.problems:
+            log.warning("%s catalog: %s", dataset, p)
+        for row in result.table.to_pylist():
+            rec = VesselRecord(image_id=row["image_id"], patient_id=row["patient_id"] or row["image_id"],
+                               path=row["path"], vessel_mask_path=row.get("vessel_mask_path") or "",
+                               av_mask_path=row.get("av_mask_path") or "", fov_mask_path=row.get("fov_mask_path") or "")
+            if rec.vessel_mask_path or rec.av_mask_path:
+                records.append(rec)
+            else:
+                skipped.append(rec.image_id)
+    if skipped:
+        log.warning("%d images have no vessel or A/V mask and are not used: %s", len(skipped), skipped[:20])
+    if not records:
+        raise ValueError(f"train_vessels.datasets={list(tv.datasets)}: no image with a vessel or A/V mask found")
+    return records, skipped
+
+
+def export_model(checkpoint_dir: str | Path, cfg: Config, model_dir: str | Path, *, data_hash: str) -> list[dict]:
+    """Training state in ``checkpoint_dir`` -> a saved model directory; returns the epoch history."""
+    from dr_ray.models import save_model_dir
+    from dr_ray.training.ray_train import build_model
+
+    state, history = load_training_state(checkpoint_dir)
+    model = build_model(dataclasses.replace(cfg.train_vessels, pretrained=False))  # weights come from state
+    model.load_state_dict(state["model"])
+    save_model_dir(model, model_dir, config=to_dict(cfg), train_data_hash=data_hash,
+                   extra={"epoch": int(state["epoch"]), "metrics": history[-1] if history else {}}, overwrite=True)
+    return history
+
+
+def run_train_vessels(cfg: Config) -> dict:
+    """Train (or resume) the vessel model; returns {"final": last epoch's metrics, "history", "model_dir", ...}."""
+    from dr_ray.training.ray_train import fit
+
+    tv = cfg.train_vessels
+    if fs.is_uri(cfg.output.dir):
+        raise ValueError(f"output.dir={cfg.output.dir!r}: train-vessels writes a local model directory; "
+                         f"use a local (or mounted shared) path")
+    out = Path(stage_dir(cfg.output.dir, tv.name))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    records, skipped = vessel_records(cfg)
+    train, val = split_by_patient(records, val_fraction=tv.val_fraction, seed=tv.seed)
+    data_hash = train_data_hash(train)
+    log.info("train-vessels: %d training, %d validation images (%d without masks skipped)", len(train), len(val),
+             len(skipped))
+    init_ray(cfg.ray)
+    result = fit(tv, train, val, storage_path=str(out / "ray"), name=RAY_RUN_NAME)
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {out / 'ray' / RAY_RUN_NAME} finished without a checkpoint")
+    model_dir = out / "model"
+    with result.checkpoint.as_directory() as d:
+        history = export_model(d, cfg, model_dir, data_hash=data_hash)
+    summary = {
+        "final": history[-1],
+        "history": history,
+        "train_images": [r.image_id for r in train],
+        "val_images": [r.image_id for r in val],
+        "skipped_no_mask": skipped,
+        "train_data_hash": data_hash,
+        "model_dir": str(model_dir),
+        "checkpoint": result.checkpoint.path,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    summary["metrics_path"] = str(out / "metrics.json")
+    return summary
+
+
+__all__ = ["export_model", "run_train_vessels", "vessel_records"]

@@ -1,0 +1,116 @@
+"""Patch sampling, augmentation alignment, splits and the DRIVE reader path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dr_ray.training import (
+    VesselRecord,
+    augment,
+    load_vessel_images,
+    patch_batches,
+    sample_patch_origins,
+    split_by_patient,
+    train_data_hash,
+)
+from dr_ray.training.data import VesselImage
+
+
+def test_patch_origins_inside_bounds_and_fov_biased():
+    rng = np.random.default_rng(0)
+    h, w, p = 200, 300, 64
+    fov = np.zeros((h, w), bool)
+    fov[150:, 250:] = True  # FOV only in the bottom-right corner: 50 x 50 px
+    o = sample_patch_origins(fov, 500, p, rng, fov_bias=1.0)
+    assert (o[:, 0] >= 0).all() and (o[:, 0] <= h - p).all() and (o[:, 1] >= 0).all() and (o[:, 1] <= w - p).all()
+    # every patch (clipped to the frame) still covers FOV pixels
+    assert all(fov[y:y + p, x:x + p].any() for y, x in o)
+    unbiased = sample_patch_origins(fov, 500, p, np.random.default_rng(0), fov_bias=0.0)
+    covers = np.mean([fov[y:y + p, x:x + p].any() for y, x in unbiased])
+    assert covers < 0.6  # uniform placement mostly misses the corner
+
+
+def test_patch_origins_reject_small_frames():
+    with pytest.raises(ValueError, match="smaller than the patch"):
+        sample_patch_origins(np.ones((30, 30), bool), 1, 32, np.random.default_rng(0))
+
+
+def test_augment_keeps_image_and_mask_aligned():
+    # a bright diagonal line drawn in the image, marked in the mask: after any flip/rot90 the mask must
+    # still mark exactly the bright pixels
+    p = 32
+    img = np.full((p, p, 3), 0.2, np.float32)
+    mask = np.zeros((p, p), bool)
+    for i in range(5, 20):
+        img[i, i + 3] = 0.9
+        mask[i, i + 3] = True
+    fov = np.ones((p, p), bool)
+    fov[:, :4] = False
+    seen = set()
+    for seed in range(40):
+        a, m, f = augment(img, mask, fov, np.random.default_rng(seed))
+        assert a.shape == img.shape and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+        grey = a.mean(axis=2)
+        assert grey[m].min() > grey[~m].max(), "mask no longer marks the line"
+        assert m.sum() == mask.sum() and f.sum() == fov.sum()
+        seen.add(m.tobytes())
+    assert len(seen) == 8  # all 4 rotations x 2 flips occur
+
+
+def test_patch_batches_shapes_values_and_count():
+    rng = np.random.default_rng(0)
+    im = VesselImage("a", np.full((50, 70, 3), 128, np.uint8), np.eye(50, 70, dtype=bool), np.ones((50, 70), bool))
+    batches = list(patch_batches([im, im], patch=64, patches_per_image=5, batch_size=4, mean=(0.5,) * 3,
+                                 std=(0.25,) * 3, rng=rng, augment_patches=False))
+    assert [b["image"].shape[0] for b in batches] == [4, 4, 2]
+    b = batches[0]
+    assert tuple(b["image"].shape[1:]) == (3, 64, 64) and tuple(b["mask"].shape[1:]) == (1, 64, 64)
+    # padded region (the frame is 50 x 70, patches 64) is outside the FOV and has no vessels
+    assert set(np.unique(b["fov"].numpy())) <= {0.0, 1.0} and b["fov"].min() == 0
+    inside = b["fov"].numpy() > 0
+    assert np.allclose(b["image"].numpy()[:, :1][inside], (128 / 255 - 0.5) / 0.25, atol=1e-5)
+
+
+def test_split_holds_out_whole_patients():
+    recs = [VesselRecord(f"i{i}", f"p{i // 2}", synthetic_seed=i, synthetic_size=64) for i in range(10)]
+    train, val = split_by_patient(recs, val_fraction=0.2, seed=3)
+    assert len(val) == 2 and len(train) == 8
+    assert not {r.patient_id for r in train} & {r.patient_id for r in val}
+    assert (train, val) == split_by_patient(recs, val_fraction=0.2, seed=3)
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        split_by_patient(recs[:2], val_fraction=0.5, seed=0)
+
+
+def test_train_data_hash_changes_with_data():
+    recs = [VesselRecord(f"i{i}", f"i{i}", synthetic_seed=i, synthetic_size=64) for i in range(3)]
+    assert train_data_hash(recs) == train_data_hash(recs[::-1])
+    assert train_data_hash(recs) != train_data_hash(recs[:2])
+
+
+@pytest.mark.shared_data
+def test_drive_reader_path_loads_20_images_with_masks(shared_data):
+    from dr_ray.config import load_config
+    from dr_ray.pipelines.train_vessels import vessel_records
+
+    cfg = load_config(None, ["train_vessels.datasets=[drive]", f"train_vessels.roots=[{shared_data / 'DRIVE'}]"])
+    records, skipped = vessel_records(cfg)
+    assert len(records) == 20 and not skipped
+    images = load_vessel_images(records)
+    for im in images:
+        assert im.image.shape == (584, 565, 3) and im.image.dtype == np.uint8
+        assert im.mask.shape == im.fov.shape == im.image.shape[:2]
+        assert im.mask.dtype == bool and im.fov.dtype == bool
+        assert 0.05 < im.mask[im.fov].mean() < 0.2  # DRIVE: ~12% vessel pixels inside the FOV
+        assert 0.6 < im.fov.mean() < 0.75
+        assert not im.mask[~im.fov].any() or im.mask[~im.fov].mean() < 0.01
+    half = load_vessel_images(records[:1], scale=0.5)[0]
+    assert half.image.shape == (292, 282, 3) and half.mask.shape == (292, 282)
+
+
+def test_patch_batches_num_patches_gives_equal_counts_for_unequal_shards():
+    im = VesselImage("a", np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), bool), np.ones((64, 64), bool))
+    for shard in ([im] * 3, [im] * 2):  # two DDP workers with 3 and 2 images
+        batches = list(patch_batches(shard, patch=32, patches_per_image=4, batch_size=4, mean=(0,) * 3,
+                                     std=(1,) * 3, rng=np.random.default_rng(0), num_patches=10))
+        assert sum(b["image"].shape[0] for b in batches) == 10 and len(batches) == 3
