@@ -115,7 +115,15 @@ def run_stage(stage: str, args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"dr-ray {stage}: config error: {e}", file=sys.stderr)
         return 2
-    return STAGES[stage][1](cfg)
+    try:
+        return STAGES[stage][1](cfg)
+    except (OSError, ValueError) as e:
+        # Missing dataset folders or label files, a refused resume, a bad catalog: the message says what and
+        # where; the traceback is for developers.
+        log.debug("traceback", exc_info=True)
+        print(f"dr-ray {stage}: error: {type(e).__name__}: {e}\n(rerun with --log-level DEBUG for the traceback)",
+              file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
