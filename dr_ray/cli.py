@@ -40,6 +40,12 @@ SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
         "train_vessels.use_gpu=false",
         "train_vessels.name=train_vessels_smoke",
     ),
+    # small batches on CPU; the input (a preprocess run) and vessels.model_dir come from the config
+    "vessels": (
+        "vessels.batch_size=4",
+        "vessels.graph_batch_size=2",
+        "vessels.gpus_per_actor=0",
+    ),
 }
 
 
@@ -81,11 +87,23 @@ def _train_vessels(cfg: Config) -> int:
     return 0
 
 
+def _vessels(cfg: Config) -> int:
+    from dr_ray.pipelines.vessels import run_vessels
+
+    summary = run_vessels(cfg)
+    print("\n".join(summary.lines()))
+    print(f"\nvessel graphs and biomarkers: {summary.output}/status=ok/   quarantine: {summary.output}/quarantine.csv"
+          f"   summary: {summary.output}/summary.json")
+    return 0 if summary.reconciles else 1
+
+
 STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
     "preprocess": ("decode, crop to the fundus, resize, CLAHE; write Parquet shards + quarantine", _preprocess),
     "catalog": ("read a dataset's labels into a catalog Parquet with patient-level folds", _catalog),
     "train-vessels": ("train the vessel U-Net on Ray Train (patches, Dice+BCE); write a model directory + metrics",
                       _train_vessels),
+    "vessels": ("segment vessels (model actor pool), build vessel graphs, optic disc, A/V and biomarkers; "
+                "write Parquet shards + quarantine", _vessels),
 }
 
 

@@ -12,10 +12,12 @@ from dr_ray.config.schema import (
     QualityConfig,
     RayConfig,
     SyntheticConfig,
+    TrainVesselsConfig,
+    VesselsConfig,
 )
 
 __all__ = [
     "DATASETS", "ClaheConfig", "Config", "ConfigError", "DataConfig", "OutputConfig", "PreprocessConfig",
-    "QualityConfig", "RayConfig", "SyntheticConfig", "config_hash", "dump_yaml", "load_config",
-    "parse_override", "to_dict",
+    "QualityConfig", "RayConfig", "SyntheticConfig", "TrainVesselsConfig", "VesselsConfig", "config_hash",
+    "dump_yaml", "load_config", "parse_override", "to_dict",
 ]

@@ -157,6 +157,7 @@ class OutputConfig:
 
 VESSEL_DATASETS = ("drive", "hrf_av", "les_av")  # catalog readers with vessel (or A/V) masks
 VESSEL_MODELS = ("vessel_unet",)
+VESSEL_INPUT_MODES = ("rgb", "green_clahe")  # = dr_ray.training.data.INPUT_MODES (config does not import training)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class TrainVesselsConfig:
     patches_per_image: int = 8  # random patches drawn from each training image per epoch
     fov_bias: float = 0.9  # share of patches centred on a FOV pixel (the rest anywhere in the frame)
     scale: float = 1.0  # resize factor applied to images and masks before patching and at inference
+    input_mode: str = "rgb"  # model input made from the RGB frame: rgb | green_clahe (dr_ray.training.data.vessel_input)
     val_fraction: float = 0.2  # share of patients held out (whole images) for validation; at least one image
     epochs: int = 10
     batch_size: int = 8  # patches per step per worker
@@ -214,6 +216,8 @@ class TrainVesselsConfig:
                "must be in 1..10000")
         _check(0.0 <= self.fov_bias <= 1.0, k + "fov_bias", self.fov_bias, "must be in 0..1")
         _check(0.05 <= self.scale <= 4.0, k + "scale", self.scale, "must be in 0.05..4")
+        _check(self.input_mode in VESSEL_INPUT_MODES, k + "input_mode", self.input_mode,
+               f"must be one of {', '.join(VESSEL_INPUT_MODES)}")
         _check(0.0 < self.val_fraction < 1.0, k + "val_fraction", self.val_fraction, "must be in (0, 1)")
         _check(1 <= self.epochs <= 100_000, k + "epochs", self.epochs, "must be in 1..100000")
         _check(1 <= self.batch_size <= 4096, k + "batch_size", self.batch_size, "must be in 1..4096")
@@ -225,9 +229,55 @@ class TrainVesselsConfig:
 
 
 @dataclass(frozen=True)
+class VesselsConfig:
+    """``dr-ray vessels``: preprocessed shards -> vessel U-Net (actor pool) -> graph + biomarkers (CPU) -> Parquet.
+
+    The model is a directory written by ``dr-ray train-vessels`` (``<output.dir>/train_vessels/model``). It runs
+    on the preprocessed images (``preprocess.size`` px, FOV-cropped); ``input_size`` resizes them first when the
+    model was trained at another vessel scale (a DRIVE model saw a ~540 px FOV: 512 px fits as is).
+    """
+
+    input: str = ""  # preprocess stage folder (holds status=ok/); "" = <output.dir>/preprocess
+    model_dir: str = ""  # saved vessel model directory (local or mounted path); required
+    input_size: int = 0  # side the image is resized to for the model (0 = as stored); probabilities come back
+    threshold: float = 0.5  # vessel probability -> binary mask
+    batch_size: int = 16  # images per forward pass on one actor (512 px fp32 activations ~0.2 GB per image)
+    actors: int = 1  # model actor pool size: one per GPU on a GPU cluster
+    gpus_per_actor: float = 0.0  # 1 on a GPU cluster (0.5 puts two actors on a GPU); 0 = CPU inference
+    cpus_per_actor: float = 1.0  # CPU slots per actor (PNG decode + host side of the forward)
+    amp_bf16: bool = True  # bf16 autocast + channels_last on GPU (ignored on CPU)
+    graph_batch_size: int = 4  # images per graph/biomarker task (~0.1-0.5 s each at 512 px)
+    graph_cpus_per_task: float = 1.0  # CPU slots per graph task (skan, scipy: single-threaded)
+    prune_spur_px: float = 10.0  # skeleton spurs shorter than this are pruned (px at the stored size)
+    patch_px: int = 15  # node GLCM patch side (eq. 26), px, odd
+    av_model: str = ""  # artery/vein classifier file; "" = the one shipped in dr_ray/vessels/data
+    disc_diameter_um: float = 1800.0  # assumed optic disc diameter for the um scale (images carry no scale)
+
+    def __post_init__(self) -> None:
+        k = "vessels."
+        _check(self.input_size == 0 or 32 <= self.input_size <= 4096, k + "input_size", self.input_size,
+               "must be 0 (as stored) or in 32..4096")
+        _check(0.0 < self.threshold < 1.0, k + "threshold", self.threshold, "must be in (0, 1)")
+        _check(1 <= self.batch_size <= 4096, k + "batch_size", self.batch_size, "must be in 1..4096")
+        _check(1 <= self.actors <= 1024, k + "actors", self.actors, "must be in 1..1024")
+        _check(0.0 <= self.gpus_per_actor <= 8.0, k + "gpus_per_actor", self.gpus_per_actor, "must be in 0..8")
+        _check(0.0 < self.cpus_per_actor <= 64, k + "cpus_per_actor", self.cpus_per_actor, "must be in (0, 64]")
+        _check(1 <= self.graph_batch_size <= 4096, k + "graph_batch_size", self.graph_batch_size,
+               "must be in 1..4096")
+        _check(0.0 < self.graph_cpus_per_task <= 64, k + "graph_cpus_per_task", self.graph_cpus_per_task,
+               "must be in (0, 64]")
+        _check(0.0 <= self.prune_spur_px <= 1000.0, k + "prune_spur_px", self.prune_spur_px, "must be in 0..1000")
+        _check(3 <= self.patch_px <= 255 and self.patch_px % 2 == 1, k + "patch_px", self.patch_px,
+               "must be an odd int in 3..255")
+        _check(100.0 <= self.disc_diameter_um <= 5000.0, k + "disc_diameter_um", self.disc_diameter_um,
+               "must be in 100..5000 (um)")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     train_vessels: TrainVesselsConfig = field(default_factory=TrainVesselsConfig)
+    vessels: VesselsConfig = field(default_factory=VesselsConfig)

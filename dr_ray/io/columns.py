@@ -109,3 +109,56 @@ PREPROCESS_SCHEMA = pa.schema(
         pa.field(TOPHAT_PNG, pa.binary()),
     ]
 )
+
+# --- vessels stage outputs -----------------------------------------------------------------
+MODEL_HASH = "model_hash"  # content hash of the model directory that produced the row
+VESSEL_PROB_PNG = "vessel_prob_png"  # vessel probability quantised to uint8 (p * 255), PNG, size x size
+VESSEL_THRESHOLD = "vessel_threshold"  # probability threshold of the mask the graph was built from
+DISC_FOUND = "disc_found"  # optic disc detected
+DISC_CX = "disc_cx"  # optic disc centre x, px at SIZE (null when not found)
+DISC_CY = "disc_cy"  # optic disc centre y, px at SIZE
+DISC_DIAMETER = "disc_diameter_px"  # optic disc diameter, px at SIZE
+N_NODES = "n_nodes"  # vessel graph nodes (junctions and endpoints)
+N_EDGES = "n_edges"  # vessel graph edges (segments), each once
+# torch_geometric-ready arrays, flattened row-major: reshape with n_nodes / n_edges
+GRAPH_X = "graph_x"  # (n_nodes, len(NODE_FEATURES)) float32, dr_ray.vessels.NODE_FEATURES
+GRAPH_POS = "graph_pos"  # (n_nodes, 2) float32, (x, y) px at SIZE
+GRAPH_EDGE_INDEX = "graph_edge_index"  # (2, 2 * n_edges) int64, both directions
+GRAPH_EDGE_ATTR = "graph_edge_attr"  # (2 * n_edges, len(EDGE_FEATURES)) float32, dr_ray.vessels.EDGE_FEATURES
+BIOMARKER_REASONS = "biomarker_reasons"  # JSON object {biomarker: why it is null}; "{}" when all were measured
+
+# Per-image vascular biomarkers (float64, null when not measurable; the reason is in BIOMARKER_REASONS).
+BIOMARKERS = (
+    "vessel_density",  # vessel pixels / FOV pixels
+    "fractal_dimension",  # box counting, eq. (22)
+    "branch_points",  # junction nodes
+    "mean_tortuosity",  # length-weighted arc / chord
+    "glcm_contrast", "glcm_correlation", "glcm_energy", "glcm_homogeneity", "glcm_entropy",  # over vessels
+    "crae_parr_hubbard_um", "crve_parr_hubbard_um", "avr_parr_hubbard",  # eq. (23)-(25)
+    "crae_knudtson_um", "crve_knudtson_um", "avr_knudtson",  # Knudtson 2003 revised formulas
+)
+
+VESSELS_SCHEMA = pa.schema(
+    [
+        *CATALOG_SCHEMA,
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string()),
+        pa.field(CONFIG_HASH, pa.string()),
+        pa.field(MODEL_HASH, pa.string()),
+        pa.field(SIZE, pa.int32()),
+        pa.field(VESSEL_PROB_PNG, pa.binary()),
+        pa.field(VESSEL_THRESHOLD, pa.float32()),
+        pa.field(DISC_FOUND, pa.bool_()),
+        pa.field(DISC_CX, pa.float32()),
+        pa.field(DISC_CY, pa.float32()),
+        pa.field(DISC_DIAMETER, pa.float32()),
+        pa.field(N_NODES, pa.int32()),
+        pa.field(N_EDGES, pa.int32()),
+        pa.field(GRAPH_X, pa.list_(pa.float32())),
+        pa.field(GRAPH_POS, pa.list_(pa.float32())),
+        pa.field(GRAPH_EDGE_INDEX, pa.list_(pa.int64())),
+        pa.field(GRAPH_EDGE_ATTR, pa.list_(pa.float32())),
+        *[pa.field(b, pa.float64()) for b in BIOMARKERS],
+        pa.field(BIOMARKER_REASONS, pa.string()),
+    ]
+)

@@ -8,7 +8,6 @@ Rerunning with the same config processes only the images not yet in either folde
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -23,7 +22,16 @@ from dr_ray.io import fs
 from dr_ray.io.catalog import problems_table, write_catalog
 from dr_ray.pipelines.catalog import build_catalog
 from dr_ray.pipelines.faults import maybe_inject
-from dr_ray.pipelines.runtime import StageSummary, blocks_of, init_ray, scan_outputs, stage_dir, summarise
+from dr_ray.pipelines.runtime import (
+    StageSummary,
+    blocks_of,
+    check_resumable,
+    finish_stage,
+    init_ray,
+    scan_outputs,
+    stage_dir,
+    total_cpus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,26 +100,6 @@ def build_preprocess_pipeline(ds, cfg: Config):
     )
 
 
-def _check_resumable(scan_table: pa.Table, cfg_hash: str, out: str, resume: bool) -> None:
-    if scan_table.num_rows == 0:
-        return
-    if not resume:
-        raise FileExistsError(
-            f"{out} already holds {scan_table.num_rows} rows and output.resume=false: "
-            "choose a new output.dir or delete the old one (rows are never overwritten or duplicated)")
-    hashes = set(pc.unique(scan_table.column(C.CONFIG_HASH)).to_pylist())
-    if hashes != {cfg_hash}:
-        raise ValueError(
-            f"{out} holds rows made with other preprocess settings (config hash {sorted(map(str, hashes))}, "
-            f"now {cfg_hash}): a resumed run must use the same settings; choose a new output.dir")
-
-
-def _total_cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
 def run_preprocess(cfg: Config) -> StageSummary:
     """Build the catalog, preprocess every image not done yet, write shards and a reconciled summary."""
     import ray
@@ -124,7 +112,7 @@ def run_preprocess(cfg: Config) -> StageSummary:
 
     before = scan_outputs(out)
     # Refuse before writing anything, so a refused run leaves the earlier run's side files as they were.
-    _check_resumable(before.table, cfg_hash, out, cfg.output.resume)
+    check_resumable(before.table, cfg_hash, out, cfg.output.resume, what="preprocess settings")
     fs.makedirs(out)
     fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
     write_catalog(catalog.table, fs.join(out, "catalog.parquet"))
@@ -138,22 +126,12 @@ def run_preprocess(cfg: Config) -> StageSummary:
     elapsed = 0.0
     if todo.num_rows:
         init_ray(cfg.ray)
-        blocks = blocks_of(todo, max_rows=cfg.ray.rows_per_file, min_blocks=4 * _total_cpus())
+        blocks = blocks_of(todo, max_rows=cfg.ray.rows_per_file, min_blocks=4 * total_cpus())
         ds = build_preprocess_pipeline(ray.data.from_arrow(blocks), cfg)
         t0 = time.perf_counter()
         ds.write_parquet(out, partition_cols=[C.STATUS])
         elapsed = time.perf_counter() - t0
 
-    after = scan_outputs(out)
-    summary = summarise(STAGE, catalog.table, after, label_problems=len(catalog.problems), already_done=already,
-                        processed_now=todo.num_rows, output=out, run_seconds=elapsed,
-                        removed_incomplete=len(before.removed_incomplete) + len(after.removed_incomplete))
-    bad = after.table.filter(pc.equal(after.table.column(C.STATUS), C.STATUS_QUARANTINED))
-    fs.write_csv(fs.join(out, "quarantine.csv"), bad.select([C.IMAGE_ID, C.PATH, C.ERROR]))
-    fs.write_text(fs.join(out, "summary.json"), json.dumps(summary.as_dict(), indent=2))
-    for line in summary.lines():  # the CLI prints these; library callers get the returned summary
-        log.debug(line)
-    if not summary.reconciles:
-        raise RuntimeError(f"{STAGE} counts do not reconcile: {summary.as_dict()}")
-    return summary
+    return finish_stage(STAGE, catalog.table, before, out, label_problems=len(catalog.problems),
+                        already_done=already, processed_now=todo.num_rows, run_seconds=elapsed)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -170,3 +171,42 @@ def blocks_of(table: pa.Table, *, max_rows: int, min_blocks: int) -> list[pa.Tab
         return []
     rows = max(1, min(max_rows, -(-n // max(1, min_blocks))))
     return [table.slice(i, rows) for i in range(0, n, rows)]
+
+
+def check_resumable(scan_table: pa.Table, cfg_hash: str, out: str, resume: bool, *, what: str) -> None:
+    """Refuse (before anything is written) a run over an output made with other settings, or any run over a
+    non-empty output when ``resume`` is false. ``what`` names the settings, e.g. "preprocess settings"."""
+    if scan_table.num_rows == 0:
+        return
+    if not resume:
+        raise FileExistsError(
+            f"{out} already holds {scan_table.num_rows} rows and output.resume=false: "
+            "choose a new output.dir or delete the old one (rows are never overwritten or duplicated)")
+    hashes = set(pc.unique(scan_table.column(C.CONFIG_HASH)).to_pylist())
+    if hashes != {cfg_hash}:
+        raise ValueError(
+            f"{out} holds rows made with other {what} (config hash {sorted(map(str, hashes))}, "
+            f"now {cfg_hash}): a resumed run must use the same settings; choose a new output.dir")
+
+
+def finish_stage(stage: str, catalog: pa.Table, before: OutputScan, out: str, *, label_problems: int,
+                 already_done: int, processed_now: int, run_seconds: float) -> StageSummary:
+    """Scan what the stage folder holds now, write ``quarantine.csv`` and ``summary.json``, and fail unless
+    every input row is written or quarantined exactly once."""
+    after = scan_outputs(out)
+    summary = summarise(stage, catalog, after, label_problems=label_problems, already_done=already_done,
+                        processed_now=processed_now, output=out, run_seconds=run_seconds,
+                        removed_incomplete=len(before.removed_incomplete) + len(after.removed_incomplete))
+    bad = after.table.filter(pc.equal(after.table.column(C.STATUS), C.STATUS_QUARANTINED))
+    fs.write_csv(fs.join(out, "quarantine.csv"), bad.select([C.IMAGE_ID, C.PATH, C.ERROR]))
+    fs.write_text(fs.join(out, "summary.json"), json.dumps(summary.as_dict(), indent=2))
+    if not summary.reconciles:
+        raise RuntimeError(f"{stage} counts do not reconcile: {summary.as_dict()}")
+    return summary
+
+
+def total_cpus() -> int:
+    """CPUs of the connected Ray cluster (>= 1)."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -21,6 +21,9 @@ from dr_ray.io import fs
 
 log = logging.getLogger(__name__)
 
+# Model input made from the decoded RGB frame (see :func:`vessel_input`); recorded in the saved config.
+INPUT_MODES = ("rgb", "green_clahe")
+
 
 @dataclass(frozen=True)
 class VesselRecord:
@@ -62,8 +65,32 @@ def _binary(mask: np.ndarray, name: str, path: str) -> np.ndarray:
     return mask > (mask.max() / 2 if mask.max() > 1 else 0)
 
 
-def load_vessel_image(rec: VesselRecord, *, scale: float = 1.0) -> VesselImage:
-    """Decode ``rec`` (or draw it) and resize by ``scale`` (area for the image, nearest for the masks)."""
+def vessel_input(image: np.ndarray, mode: str = "rgb", *, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
+    """The model's input image: (H, W, 3) uint8 RGB -> (H, W, 3) uint8.
+
+    ``"rgb"``: unchanged. ``"green_clahe"``: CLAHE of the green channel (``clip_limit``, ``tile_grid`` tiles per
+    side), copied into all three channels: the classic DRIVE input (vessel contrast is highest in green; CLAHE
+    evens out illumination and contrast between images and cameras; Jiang et al. / orobix retina-unet use
+    grey + CLAHE). Apply it at the trained scale, before the model's mean/std normalisation.
+    """
+    if mode not in INPUT_MODES:
+        raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {desc}")
+    if mode == "rgb":
+        return image
+    from dr_ray.imaging.enhance import clahe
+
+    g = clahe(image, clip_limit=clip_limit, tile_grid=tile_grid, channel="green")[..., 1]
+    return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
+
+
+def load_vessel_image(rec: VesselRecord, *, scale: float = 1.0, input_mode: str = "rgb") -> VesselImage:
+    """Decode ``rec`` (or draw it), resize by ``scale`` (area for the image, nearest for the masks), then
+    turn the image into the model input ``input_mode`` (:func:`vessel_input`)."""
+    if input_mode not in INPUT_MODES:
+        raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
     if rec.synthetic_seed >= 0:
         from dr_ray.testing import make_fundus
 
@@ -92,11 +119,13 @@ def load_vessel_image(rec: VesselRecord, *, scale: float = 1.0) -> VesselImage:
         image = cv2.resize(image, size, interpolation=interp)
         mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
         fov = cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    image = vessel_input(np.ascontiguousarray(image, np.uint8), input_mode)
     return VesselImage(rec.image_id, np.ascontiguousarray(image, np.uint8), mask.astype(bool), fov.astype(bool))
 
 
-def load_vessel_images(records: Sequence[VesselRecord], *, scale: float = 1.0) -> list[VesselImage]:
-    return [load_vessel_image(r, scale=scale) for r in records]
+def load_vessel_images(records: Sequence[VesselRecord], *, scale: float = 1.0,
+                       input_mode: str = "rgb") -> list[VesselImage]:
+    return [load_vessel_image(r, scale=scale, input_mode=input_mode) for r in records]
 
 
 def split_by_patient(records: Sequence[VesselRecord], *, val_fraction: float,

@@ -73,8 +73,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
 
     t0 = time.perf_counter()
-    train_images = load_vessel_images(_shard(loop_config["train"], rank, world), scale=cfg.scale)
-    val_images = load_vessel_images(loop_config["val"], scale=cfg.scale) if rank == 0 else []
+    train_images = load_vessel_images(_shard(loop_config["train"], rank, world), scale=cfg.scale,
+                                      input_mode=cfg.input_mode)
+    val_images = load_vessel_images(loop_config["val"], scale=cfg.scale, input_mode=cfg.input_mode) if rank == 0 else []
     log.info("rank %d: %d training, %d validation images loaded in %.1f s", rank, len(train_images),
              len(val_images), time.perf_counter() - t0)
     loss_fn = DiceBCELoss()

@@ -3,6 +3,17 @@
 No Ray, no torch, no file I/O: arrays in, arrays/dataclasses out.
 """
 
+from dr_ray.vessels.av import FEATURE_NAMES as AV_FEATURE_NAMES
+from dr_ray.vessels.av import (
+    AVClassifier,
+    apply_av_labels,
+    av_links,
+    fit_av_classifier,
+    load_default_av_classifier,
+    predict_av,
+    segment_features,
+    smooth_av_logits,
+)
 from dr_ray.vessels.biomarkers import (
     Measurement,
     branch_point_count,
@@ -23,7 +34,9 @@ from dr_ray.vessels.caliber import (
 )
 from dr_ray.vessels.fractal import box_counting_fd, box_counts
 from dr_ray.vessels.graph import EDGE_FEATURES, NODE_FEATURES, VesselGraph, vessel_graph
+from dr_ray.vessels.optic_disc import OpticDisc, detect_optic_disc
 from dr_ray.vessels.texture import GLCM_PROPS, glcm_features
+from dr_ray.vessels.zone import ZONE_KEYS, ZoneVessel, zone_calibres, zone_vessels
 
 __all__ = [
     "Measurement", "vessel_density", "branch_point_count", "mean_tortuosity", "fractal_dimension",
@@ -33,4 +46,8 @@ __all__ = [
     "box_counting_fd", "box_counts",
     "NODE_FEATURES", "EDGE_FEATURES", "VesselGraph", "vessel_graph",
     "GLCM_PROPS", "glcm_features",
+    "OpticDisc", "detect_optic_disc",
+    "AV_FEATURE_NAMES", "AVClassifier", "segment_features", "fit_av_classifier", "load_default_av_classifier",
+    "apply_av_labels", "av_links", "smooth_av_logits", "predict_av",
+    "ZONE_KEYS", "ZoneVessel", "zone_calibres", "zone_vessels",
 ]

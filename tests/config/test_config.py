@@ -62,6 +62,7 @@ def test_unknown_section_and_override():
         ("ray.batch_size=0", "ray.batch_size=0"),
         ("preprocess.quality.min_brightness=0.9", "max_brightness"),
         ("data.dataset=eyepacs", "data.root"),  # a real dataset needs a root
+        ("train_vessels.input_mode=lab", "train_vessels.input_mode='lab': must be one of rgb, green_clahe"),
     ],
 )
 def test_bad_values_fail_naming_the_key(override, fragment):
@@ -105,3 +106,10 @@ def test_dump_roundtrip_and_hash(tmp_path):
     assert to_dict(again) == to_dict(cfg)
     assert config_hash(cfg.preprocess) == config_hash(again.preprocess)
     assert config_hash(cfg.preprocess) != config_hash(Config().preprocess)
+
+
+def test_vessel_input_modes_match_the_training_code():
+    from dr_ray.config.schema import VESSEL_INPUT_MODES
+    from dr_ray.training.data import INPUT_MODES
+
+    assert VESSEL_INPUT_MODES == INPUT_MODES

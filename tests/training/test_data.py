@@ -114,3 +114,41 @@ def test_patch_batches_num_patches_gives_equal_counts_for_unequal_shards():
         batches = list(patch_batches(shard, patch=32, patches_per_image=4, batch_size=4, mean=(0,) * 3,
                                      std=(1,) * 3, rng=np.random.default_rng(0), num_patches=10))
         assert sum(b["image"].shape[0] for b in batches) == 10 and len(batches) == 3
+
+
+def test_vessel_input_green_clahe_uses_green_only_and_raises_contrast():
+    from dr_ray.imaging.enhance import clahe
+    from dr_ray.training.data import vessel_input
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((128, 160, 3), np.uint8)
+    img[..., 0] = rng.integers(0, 256, img.shape[:2])  # red: noise that must not leak into the input
+    img[..., 1] = 100 + rng.integers(0, 8, img.shape[:2])  # green: low contrast (100..107)
+    img[40:44, :, 1] = 90  # a dark horizontal "vessel"
+    img[..., 2] = 30
+    assert vessel_input(img, "rgb") is img  # unchanged
+    out = vessel_input(img, "green_clahe")
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert np.array_equal(out[..., 1], clahe(img, channel="green")[..., 1])
+    other = img.copy()
+    other[..., 0], other[..., 2] = 255 - img[..., 0], 200
+    assert np.array_equal(vessel_input(other, "green_clahe"), out)  # red and blue are ignored
+    # the vessel-to-background step is amplified (clip limit 2 caps the gain: 13.5 -> 18.5 grey levels here)
+    step_in = float(img[..., 1][50:].mean()) - float(img[40:44, :, 1].mean())
+    step_out = float(out[..., 1][50:].mean()) - float(out[40:44, :, 1].mean())
+    assert step_out > 1.25 * step_in > 0
+    with pytest.raises(ValueError, match="mode must be one of"):
+        vessel_input(img, "clahe")
+    with pytest.raises(ValueError, match="expected \\(H, W, 3\\) uint8"):
+        vessel_input(img.astype(np.float32), "green_clahe")
+
+
+def test_load_vessel_image_input_mode_changes_only_the_image():
+    rec = VesselRecord("s", "s", synthetic_seed=3, synthetic_size=96)
+    rgb = load_vessel_images([rec])[0]
+    grey = load_vessel_images([rec], input_mode="green_clahe")[0]
+    assert np.array_equal(rgb.mask, grey.mask) and np.array_equal(rgb.fov, grey.fov)
+    assert (grey.image[..., 0] == grey.image[..., 2]).all() and not np.array_equal(rgb.image, grey.image)
+    with pytest.raises(ValueError, match="input_mode must be one of"):
+        load_vessel_images([rec], input_mode="lab")

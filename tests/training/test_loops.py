@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -28,7 +26,6 @@ def _model(size=64):
 
 
 def test_loop_learns_synthetic_vessels():
-    t0 = time.perf_counter()
     images = load_vessel_images([VesselRecord(f"s{i}", f"s{i}", synthetic_seed=i, synthetic_size=128)
                                  for i in range(4)])
     model = _model()
@@ -46,7 +43,6 @@ def test_loop_learns_synthetic_vessels():
     assert losses[-1] < 0.5 * losses[0], losses
     assert after["dice"] > 0.6 > before["dice"], (before, after)
     assert after["auc"] > 0.95
-    assert time.perf_counter() - t0 < 40
 
 
 def test_train_one_epoch_rejects_empty_batches():

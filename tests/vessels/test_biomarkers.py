@@ -12,6 +12,7 @@ from dr_ray.vessels import (
     Measurement,
     avr,
     box_counting_fd,
+    box_counts,
     fractal_dimension,
     glcm_features,
     global_biomarkers,
@@ -25,6 +26,8 @@ from dr_ray.vessels import (
     vessel_density,
     vessel_graph,
 )
+from dr_ray.vessels.biomarkers import vessel_glcm
+from dr_ray.vessels.texture import GLCM_PROPS, glcm_patch_features
 
 
 def sierpinski_carpet(order: int) -> np.ndarray:
@@ -80,6 +83,38 @@ def test_fd_of_drive_manual_masks_is_plausible(shared_data):
         with Image.open(shared_data / f"DRIVE/training/1st_manual/{n}_manual1.gif") as im:
             mask = np.array(im) > 0
         assert 1.3 < box_counting_fd(mask) < 1.6
+
+
+def test_dyadic_box_counts_equal_the_per_size_grid():
+    rng = np.random.default_rng(7)
+    for shape in ((913, 1024), (37, 5), (64, 64)):
+        m = rng.random(shape) < 0.05
+        sizes = 2 ** np.arange(1, 9)
+        fast = box_counts(m, sizes)  # 2, 4, 8, ...: the 2 x 2 OR pyramid
+        per_size = box_counts(m, sizes[::-1])[::-1]  # any other order: one padded grid per size
+        np.testing.assert_array_equal(fast, per_size)
+        assert fast[0] == sum(m[i:i + 2, j:j + 2].any() for i in range(0, shape[0], 2) for j in range(0, shape[1], 2))
+
+
+def test_fd_box_size_convention_parameters():
+    # PVBM's convention (20 linear sizes from 5 px to 0.6 x the shorter side, uncropped): boxes up to 0.6 of
+    # the frame leave only 2 x 2 partly filled boxes at the top end, so a straight line reads low (0.93)
+    m = np.zeros((512, 512), bool)
+    m[200, 10:500] = True
+    pvbm_sizes = np.linspace(5, int(0.6 * 512), 20).astype(int)
+    assert 0.9 < box_counting_fd(m, sizes=pvbm_sizes, crop=False) < box_counting_fd(m) < 1.05
+    sq = np.zeros((512, 512), bool)
+    sq[100:400, 50:350] = True
+    assert box_counting_fd(sq) == pytest.approx(2.0, abs=0.05)
+    assert box_counting_fd(sq, crop=False) == pytest.approx(1.82, abs=0.02)  # the margin bends the line
+    # explicit sizes: the slope of log N against log 1/s, by hand
+    sizes = np.array([3, 6, 12])
+    n = box_counts(sq, sizes)
+    slope = np.polyfit(np.log(1 / sizes), np.log(n), 1)[0]
+    assert box_counting_fd(sq, sizes=sizes, crop=False) == pytest.approx(slope, rel=1e-12)
+    for bad in ([2, 4], [2, 2, 4], [0, 2, 4], [2.5, 4, 8]):
+        with pytest.raises(ValueError, match="sizes must be"):
+            box_counting_fd(sq, sizes=bad)
 
 
 # ---------------------------------------------------------------- CRAE / CRVE / AVR (eqs. 23-25)
@@ -243,6 +278,102 @@ def test_glcm_mask_equals_crop_and_empty_mask_is_nan():
         glcm_features(gray.astype(np.float32))
     with pytest.raises(ValueError, match="mask shape"):
         glcm_features(gray, mask[:5])
+
+
+def skimage_props(patch: np.ndarray, levels: int, distances=(1,)) -> dict[str, float]:
+    """graycomatrix/graycoprops directly: props per (distance, angle), averaged (entropy and ASM by hand)."""
+    from skimage.feature import graycomatrix, graycoprops
+    q = (patch.astype(int) * levels // 256).astype(np.uint8)
+    P = graycomatrix(q, distances=list(distances), angles=[0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=levels,
+                     symmetric=True).astype(float)
+    tot = P.sum(axis=(0, 1))
+    ok = tot > 0
+    if not ok.any():
+        return {k: float("nan") for k in GLCM_PROPS}
+    P = P / np.where(ok, tot, 1)
+    out = {k: graycoprops(P, k)[ok].mean() for k in ("contrast", "correlation", "homogeneity")}
+    out["energy"] = graycoprops(P, "ASM")[ok].mean()
+    out["entropy"] = np.mean([-(p[p > 0] * np.log2(p[p > 0])).sum() for p in np.moveaxis(P, (2, 3), (0, 1))[ok]])
+    return out
+
+
+def test_vectorised_patch_glcm_equals_skimage_on_random_patches():
+    """All patches in one bincount == graycomatrix/graycoprops on each (border-clipped) patch."""
+    rng = np.random.default_rng(8)
+    images = [rng.integers(0, 256, (41, 53)).astype(np.uint8),  # noise
+              np.full((41, 53), 77, np.uint8),  # constant: correlation 1 (skimage's convention)
+              ((rng.random((41, 53)) < 0.5) * 200).astype(np.uint8),  # two levels
+              (np.add.outer(np.arange(41), np.arange(53)) * 3 % 256).astype(np.uint8)]  # smooth ramp
+    n_nan = 0
+    for gray in images:
+        centres = np.column_stack([rng.integers(0, 41, 40), rng.integers(0, 53, 40)])
+        centres[:4] = [[0, 0], [40, 52], [0, 52], [40, 0]]  # corners: clipped patches
+        # (7, 16, (9,)): only the diagonal offsets (6, 6) fit a full patch; clipped ones may have no pair
+        for patch_px, levels, dist in ((15, 32, (1,)), (5, 8, (1, 2)), (3, 256, (1,)), (7, 16, (9,))):
+            got = glcm_patch_features(gray, centres, patch_px, distances=dist, levels=levels)
+            h = patch_px // 2
+            for i, (r, c) in enumerate(centres):
+                ref = skimage_props(gray[max(r - h, 0):r + h + 1, max(c - h, 0):c + h + 1], levels, dist)
+                for k in GLCM_PROPS:
+                    if math.isnan(ref[k]):
+                        assert math.isnan(got[k][i]), (k, patch_px, i)
+                    else:
+                        assert got[k][i] == pytest.approx(ref[k], rel=1e-9, abs=1e-12), (k, patch_px, i)
+            n_nan += int(np.isnan(got["contrast"]).sum())
+    assert n_nan > 0  # the corner patches with the 9-px offset have no pair
+    with pytest.raises(ValueError, match="inside"):
+        glcm_patch_features(images[0], np.array([[41, 0]]), 15)
+    assert glcm_patch_features(images[0], np.zeros((0, 2), int), 15)["contrast"].shape == (0,)
+
+
+def direct_masked_glcm_props(gray: np.ndarray, mask: np.ndarray, levels: int) -> dict[str, float]:
+    """Loops: pairs of mask pixels at distance 1 in the 4 directions, quantised 1 + g * (levels - 1) // 256."""
+    lv = np.where(mask, 1 + gray.astype(int) * (levels - 1) // 256, 0)
+    per_angle = []
+    for dr, dc in ((0, 1), (-1, 1), (-1, 0), (-1, -1)):
+        P = np.zeros((levels, levels))
+        for r in range(gray.shape[0]):
+            for c in range(gray.shape[1]):
+                r2, c2 = r + dr, c + dc
+                if 0 <= r2 < gray.shape[0] and 0 <= c2 < gray.shape[1] and mask[r, c] and mask[r2, c2]:
+                    P[lv[r, c], lv[r2, c2]] += 1
+                    P[lv[r2, c2], lv[r, c]] += 1
+        if P.sum():
+            per_angle.append(props_of(P / P.sum()))
+    return {k: float(np.mean([p[k] for p in per_angle])) for k in per_angle[0]}
+
+
+def test_global_biomarkers_glcm_over_the_vasculature():
+    rng = np.random.default_rng(9)
+    mask = np.zeros((12, 14), bool)
+    mask[3:6, 1:13] = True  # a horizontal vessel 3 px wide
+    mask[5:11, 6:8] = True  # and a branch down
+    img = rng.integers(0, 256, (12, 14, 3)).astype(np.uint8)
+    g = vessel_graph(mask)
+    bm = global_biomarkers(mask, g, image=img)
+    ref = direct_masked_glcm_props(img[..., 1], mask, 32)
+    for k in GLCM_PROPS:
+        assert bm[f"glcm_{k}"].ok and bm[f"glcm_{k}"].value == pytest.approx(ref[k], rel=1e-10), k
+    assert vessel_glcm(mask, img) == {k: bm[k] for k in bm if k.startswith("glcm_")}
+    # pixels outside the vessels do not matter; the FOV removes vessel pixels outside it
+    img2 = img.copy()
+    img2[~mask] = 255 - img2[~mask]
+    assert global_biomarkers(mask, g, image=img2)["glcm_contrast"].value == pytest.approx(bm["glcm_contrast"].value)
+    fov = np.ones_like(mask)
+    fov[:, 10:] = False
+    ref_fov = direct_masked_glcm_props(img[..., 1], mask & fov, 32)
+    assert global_biomarkers(mask, g, fov, image=img)["glcm_entropy"].value == pytest.approx(ref_fov["entropy"])
+    # without an image: the old keys only; no vessel pixels or no adjacent pair: None with a reason
+    assert not any(k.startswith("glcm_") for k in global_biomarkers(mask, g))
+    empty = global_biomarkers(np.zeros_like(mask), g, image=img)
+    assert empty["glcm_energy"].value is None and "no vessel pixels" in empty["glcm_energy"].reason
+    dots = np.zeros_like(mask)
+    dots[2, 2] = dots[8, 8] = True
+    assert vessel_glcm(dots, img)["glcm_contrast"].reason.startswith("no two adjacent vessel pixels")
+    with pytest.raises(ValueError, match="image must be"):
+        global_biomarkers(mask, g, image=img[..., 1])
+    # a 12 x 14 vessel tree is too small for three box sizes: FD not measurable, with the reason
+    assert bm["fractal_dimension"].value is None and "too small" in bm["fractal_dimension"].reason
 
 
 # ---------------------------------------------------------------- global biomarkers

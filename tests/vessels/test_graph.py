@@ -247,3 +247,147 @@ def test_drive_segment_lengths_account_for_the_whole_skeleton(shared_data):
         gp = vessel_graph(mask)
         assert gp.length_px.sum() == pytest.approx(pixel_graph_mst_length(gp.skeleton), rel=0.02)
         assert 50 < branch_point_count(gp) < 400
+
+
+# ---------------------------------------------------------------- vectorised internals vs their references
+
+def _random_skeletons():
+    rng = np.random.default_rng(3)
+    for k in range(6):
+        yield skeletonize(rng.random((90, 110)) < 0.25 + 0.1 * k)
+    tiny = np.zeros((5, 6), bool)
+    tiny[0, :] = tiny[:, 0] = True  # touches the border, a corner junction
+    yield tiny
+
+
+def test_pixel_csgraph_equals_skan(shared_data):
+    """Our pixel graph (with skan's junction MST) has the same CSR arrays as skan's own builder."""
+    from skan.csr import skeleton_to_csgraph
+
+    from dr_ray.vessels.graph import _pixel_csgraph
+
+    skels = [skeletonize(_drive_mask(shared_data, n)) for n in ("21", "22")] + list(_random_skeletons())
+    for sk in skels:
+        ours, coords = _pixel_csgraph(sk)
+        ref, ref_coords = skeleton_to_csgraph(sk)
+        np.testing.assert_array_equal(ours.indptr, ref.indptr)
+        np.testing.assert_array_equal(ours.indices, ref.indices)
+        np.testing.assert_array_equal(ours.data, ref.data)
+        np.testing.assert_array_equal(coords, np.transpose(ref_coords))
+
+
+def test_caliber_distance_equals_scipy_edt(shared_data):
+    from scipy import ndimage
+
+    from dr_ray.vessels.graph import _caliber_distance
+
+    rng = np.random.default_rng(4)
+    masks = [_drive_mask(shared_data, "21"), np.ones((7, 9), bool)]
+    for k in range(40):
+        m = rng.random(tuple(rng.integers(1, 40, 2))) < (0.3, 0.8, 0.97, 0.999)[k % 4]  # touches the border
+        masks.append(m)
+    masks[1][3, 4] = False  # a single background pixel
+    for m in masks:
+        r, c = np.nonzero(m)
+        np.testing.assert_array_equal(_caliber_distance(np.ascontiguousarray(m), r, c),
+                                      ndimage.distance_transform_edt(m)[r, c])
+
+
+def _smoothed_length_ref(path_rc, sigma=1.0):
+    from scipy import ndimage
+    p = ndimage.gaussian_filter1d(path_rc.astype(np.float64), sigma, axis=0, mode="nearest")
+    p[0], p[-1] = path_rc[0], path_rc[-1]
+    return float(np.hypot(*np.diff(p, axis=0).T).sum())
+
+
+def _curvature_ref(path_rc, length, sigma=2.0):
+    from scipy import ndimage
+    if len(path_rc) < 3 or length <= 0:
+        return float("nan")
+    p = ndimage.gaussian_filter1d(path_rc.astype(np.float64), sigma, axis=0, mode="nearest")
+    d = np.diff(p, axis=0)
+    d = d[np.hypot(d[:, 0], d[:, 1]) > 1e-9]
+    if len(d) < 2:
+        return float("nan")
+    theta = np.arctan2(d[:, 0], d[:, 1])
+    return float(np.abs(np.angle(np.exp(1j * np.diff(theta)))).sum() / length)
+
+
+def test_vectorised_edge_measures_match_per_path_reference(shared_data):
+    """All edges at once (one smoothing pass, bincount sums) == the per-path computation, edge by edge."""
+    from scipy import ndimage
+
+    mask = _drive_mask(shared_data, "23")
+    rng = np.random.default_rng(5)
+    av = rng.integers(0, 4, mask.shape)
+    g = vessel_graph(mask, av_map=av, prune_spur_px=0, merge_junctions_px=0)  # keeps 2-px links
+    dist = ndimage.distance_transform_edt(mask)
+    assert g.n_edges > 100 and any(len(p) < 3 for p in g.edge_paths)
+    for k, p in enumerate(g.edge_paths):
+        arc = _smoothed_length_ref(p)
+        assert g.arc_length_px[k] == pytest.approx(arc, rel=1e-12)
+        np.testing.assert_allclose(g.curvature[k], _curvature_ref(p, arc), rtol=1e-12)
+        cal = 2 * dist[p[:, 0], p[:, 1]] - 1
+        assert g.caliber_mean_px[k] == pytest.approx(cal.mean(), rel=1e-12)
+        assert g.caliber_median_px[k] == np.median(cal)
+        lab = av[p[:, 0], p[:, 1]]
+        a, v = np.sum(lab == 1), np.sum(lab == 2)
+        assert g.av_label[k] == (-1 if a + v == 0 else (1 if a >= v else 2))
+
+
+def _prune_with_skan(skel_img, prune_spur_px, max_rounds=10):
+    """Spur pruning on skan's own objects (Skeleton, summarize, prune_paths), as vessel_graph did before."""
+    import warnings
+
+    import skan
+    skel = skan.Skeleton(skel_img)
+    for _ in range(max_rounds):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            df = skan.summarize(skel, separator="_")
+        cand = df[(df["branch_type"] == 1) & (df["branch_distance"] < prune_spur_px)]
+        if cand.empty:
+            break
+        by_junction = {}
+        for path_i, row in cand.sort_values("branch_distance").iterrows():
+            src, dst = int(row["node_id_src"]), int(row["node_id_dst"])
+            by_junction.setdefault(src if skel.degrees[src] >= 3 else dst, []).append(int(path_i))
+        to_prune = [p for j, rows in by_junction.items() for p in rows[:max(int(skel.degrees[j]) - 2, 0)]]
+        if not to_prune:
+            break
+        skel = skel.prune_paths(np.asarray(sorted(to_prune)))
+        if skel.coordinates.shape[0] == 0:
+            break
+    return skel
+
+
+def test_spur_pruning_equals_skan_prune_paths(shared_data):
+    from dr_ray.vessels.graph import _path_graph, _prune_spurs
+
+    for n, px in (("21", 10.0), ("24", 25.0)):
+        sk = skeletonize(_drive_mask(shared_data, n))
+        img, pg = _prune_spurs(sk, _path_graph(sk), px)
+        ref = _prune_with_skan(sk, px)
+        np.testing.assert_array_equal(pg.node_coordinates, ref.coordinates)
+        np.testing.assert_array_equal(pg.paths.indptr, ref.paths.indptr)
+        np.testing.assert_array_equal(pg.paths.indices, ref.paths.indices)
+        np.testing.assert_array_equal(pg.distances, ref.path_lengths())
+        assert img.sum() == len(ref.coordinates) < sk.sum()
+
+
+def test_node_glcm_equals_per_patch_glcm_features():
+    from dr_ray.vessels import glcm_features
+
+    m = tube((200, 200), (100, 100), (100, 196), 7)  # the stem's end node lies 4 px from the border
+    m = tube((200, 200), (100, 100), (50, 50), 5, m)
+    m = tube((200, 200), (100, 100), (150, 50), 3, m)
+    rng = np.random.default_rng(6)
+    img = rng.integers(0, 256, (200, 200, 3)).astype(np.uint8)
+    for patch_px, levels in ((15, 32), (9, 8)):
+        g = vessel_graph(m, image=img, patch_px=patch_px, glcm_levels=levels)
+        h = patch_px // 2
+        for n in range(g.n_nodes):
+            c, r = (round(float(v)) for v in g.pos[n])
+            ref = glcm_features(img[max(r - h, 0):r + h + 1, max(c - h, 0):c + h + 1, 1], levels=levels)
+            assert g.x[n, NODE_FEATURES.index("glcm_contrast")] == pytest.approx(ref["contrast"], rel=1e-6)
+            assert g.x[n, NODE_FEATURES.index("glcm_entropy")] == pytest.approx(ref["entropy"], rel=1e-6)
