@@ -29,6 +29,7 @@ from dr_ray.imaging.fov import circle_mask
 from dr_ray.io import columns as C
 from dr_ray.io import fs
 from dr_ray.pipelines.faults import maybe_inject
+from dr_ray.training.data import INPUT_MODES, vessel_input
 from dr_ray.pipelines.runtime import (
     StageSummary,
     check_resumable,
@@ -77,6 +78,10 @@ class VesselSegmenter:
         if spec["in_channels"] != 3 or spec["out_channels"] != 1 or spec["output"] != "sigmoid":
             raise ValueError(f"{model_dir}: expected a binary vessel model (3 -> 1 channel, sigmoid), "
                              f"got {spec['in_channels']} -> {spec['out_channels']} {spec['output']}")
+        # the input transform the model was trained with (dr_ray.training.data.vessel_input), from its metadata
+        self.input_mode = str(((meta.get("config") or {}).get("train_vessels") or {}).get("input_mode", "rgb"))
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"{model_dir}: metadata names input_mode {self.input_mode!r}; known: {INPUT_MODES}")
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(spec["mean"], dtype=torch.float32, device=self.device).view(shape)
         self.std = torch.tensor(spec["std"], dtype=torch.float32, device=self.device).view(shape)
@@ -125,32 +130,33 @@ class VesselSegmenter:
         errors: list[str | None] = [None] * n
 
         def decode(i: int) -> np.ndarray | None:
+            """Row i's model input: decoded, resized to input_size (the trained scale), input transform."""
             try:
-                return self._decode(pngs[i], sizes[i])
+                img = self._decode(pngs[i], sizes[i])
             except (ImageDecodeError, ValueError) as e:
                 status[i], errors[i] = C.STATUS_QUARANTINED, f"{ids[i]}: {e}"
                 return None
+            if self.input_size and self.input_size != img.shape[0]:
+                img = cv2.resize(img, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
+            return vessel_input(img, self.input_mode)
 
-        # PNG decode/encode release the GIL: threads keep the model fed (one core decodes ~200 512-px PNGs/s).
-        decoded = list(self.pool.map(decode, range(n)))
-        by_size: dict[int, list[int]] = {}  # one preprocess run has one size; group in case of a mixed input
-        for i, img in enumerate(decoded):
+        # PNG decode/encode and CLAHE release the GIL: threads keep the model fed (one core decodes ~230
+        # 512-px PNGs/s).
+        inputs = list(self.pool.map(decode, range(n)))
+        by_shape: dict[int, list[int]] = {}  # one preprocess run has one size; group in case of a mixed input
+        for i, img in enumerate(inputs):
             if img is not None:
-                by_size.setdefault(img.shape[0], []).append(i)
+                by_shape.setdefault(img.shape[0], []).append(i)
+
+        def encode(i: int, p: np.ndarray) -> bytes:
+            if p.shape[0] != sizes[i]:  # probabilities are stored at the stored image's size
+                p = cv2.resize(p, (sizes[i], sizes[i]), interpolation=cv2.INTER_LINEAR)
+            return encode_png(p, 1)
+
         probs: list[bytes | None] = [None] * n
-        for size, rows in by_size.items():
-            stack = np.stack([decoded[i] for i in rows])
-            if self.input_size and self.input_size != size:
-                stack = np.stack([cv2.resize(im, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
-                                  for im in stack])
-            out = self._forward(stack)
-
-            def encode(p: np.ndarray, size: int = size) -> bytes:
-                if p.shape[0] != size:
-                    p = cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR)
-                return encode_png(p, 1)
-
-            for i, png in zip(rows, self.pool.map(encode, out)):
+        for rows in by_shape.values():
+            out = self._forward(np.stack([inputs[i] for i in rows]))
+            for i, png in zip(rows, self.pool.map(encode, rows, out)):
                 probs[i] = png
         t = batch.select(_INPUT_COLUMNS)
         t = t.append_column(C.VESSEL_PROB_PNG, pa.array(probs, pa.binary()))

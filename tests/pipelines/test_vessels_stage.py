@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -145,6 +146,34 @@ def test_rows_equal_direct_computation_bad_rows_quarantined_counts_reconcile(pre
     assert saved["reconciles"] and saved["written"] == 6 and saved["quarantined"] == 1
     assert load_config(out / "config.yaml").vessels.model_dir == str(model_dir)
     assert sum(r[C.N_EDGES] for r in rows.values()) > 0
+
+
+def test_model_input_mode_and_input_size_are_applied_as_in_training(preprocessed, tmp_path):
+    """A model trained on green-channel CLAHE input at another scale: the actor resizes to vessels.input_size,
+    applies the input mode named in the model's metadata, and stores probabilities at the stored size."""
+    import cv2
+    import torch
+
+    from dr_ray.models import create_model, save_model_dir
+    from dr_ray.pipelines.vessels import run_vessels
+    from dr_ray.training import predict_image
+    from dr_ray.training.data import vessel_input
+
+    torch.manual_seed(2)
+    m = create_model("vessel_unet", encoder="mobilenetv3_small_100", decoder_channels=(16, 16, 16, 16, 16)).eval()
+    mdir = save_model_dir(m, tmp_path / "green_model", config={"train_vessels": {"input_mode": "green_clahe"}},
+                          train_data_hash=None)
+    summary = run_vessels(_cfg(preprocessed, mdir, tmp_path, "vessels.input_size=96"))
+    assert summary.written == 6 and summary.reconciles
+    pre = {r[C.IMAGE_ID]: r for r in _read(preprocessed).to_pylist()}
+    for r in _read(tmp_path / "vessels").filter(pc.equal(pc.field(C.STATUS), "ok")).to_pylist():
+        image = decode_png(pre[r[C.IMAGE_ID]][C.IMAGE_PNG])
+        small = vessel_input(cv2.resize(image, (96, 96), interpolation=cv2.INTER_AREA), "green_clahe")
+        ref = predict_image(m, small, mean=m.spec.mean, std=m.spec.std)
+        ref = cv2.resize(np.round(ref * 255).astype(np.uint8), (128, 128), interpolation=cv2.INTER_LINEAR)
+        got = decode_png(r[C.VESSEL_PROB_PNG])
+        assert got.shape == (128, 128)
+        assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
 
 
 def test_rerun_is_a_no_op_and_changed_settings_or_model_are_refused(preprocessed, model_dir, tmp_path):
