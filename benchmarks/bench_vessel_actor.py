@@ -105,7 +105,8 @@ def actor_stage_rate(inp: Path, model_dir: Path, batch: int, actor_cpus: float, 
     import torch
 
     from dr_ray.io import columns as C
-    from dr_ray.pipelines.vessels import _INPUT_COLUMNS, VesselSegmenter
+    from dr_ray.pipelines.inference import INPUT_COLUMNS
+    from dr_ray.pipelines.vessels import VesselSegmenter
 
     gpus = 1 if torch.cuda.is_available() else 0
     ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, configure_logging=False)
@@ -118,7 +119,7 @@ def actor_stage_rate(inp: Path, model_dir: Path, batch: int, actor_cpus: float, 
         def __init__(self, **kw) -> None:
             super().__init__(**kw)
             ready_file.write_text(repr(time.time()))
-    ds = ray.data.read_parquet(str(inp / f"{C.STATUS}={C.STATUS_OK}"), columns=_INPUT_COLUMNS)
+    ds = ray.data.read_parquet(str(inp / f"{C.STATUS}={C.STATUS_OK}"), columns=INPUT_COLUMNS)
     ds = ds.map_batches(TimedSegmenter, batch_format="pyarrow", batch_size=batch,
                         compute=ray.data.ActorPoolStrategy(size=1), num_gpus=gpus, num_cpus=actor_cpus,
                         fn_constructor_kwargs={"model_dir": str(model_dir), "use_gpu": bool(gpus),

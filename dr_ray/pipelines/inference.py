@@ -1,0 +1,201 @@
+"""What the model stages (vessels, pseudo labels) share: a model actor base class for Ray Data actor pools, and
+the run logic "preprocessed shards -> model stage -> Parquet" with resume, refusal of mixed settings and
+reconciled counts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from dr_ray.config import Config, dump_yaml
+from dr_ray.imaging import ImageDecodeError, decode_png
+from dr_ray.io import columns as C
+from dr_ray.io import fs
+from dr_ray.pipelines.runtime import StageSummary, check_resumable, finish_stage, init_ray, scan_outputs, stage_dir
+
+log = logging.getLogger(__name__)
+
+# Columns a model stage reads from the preprocess shards (the image bytes only for the rows to do).
+INPUT_COLUMNS = [*C.CATALOG_COLUMNS, C.IMAGE_PNG, C.SIZE]
+
+
+class ModelActor:
+    """Base of the Ray Data model actors: loads a saved model directory once (GPU when asked, bf16 autocast
+    and channels_last there), decodes a batch's PNGs on ``threads`` threads (PNG decode and OpenCV release the
+    GIL, so they keep the model fed), and runs whole batches under ``torch.inference_mode``.
+
+    Subclasses implement :meth:`check_model` and ``__call__``; :meth:`transform` turns a decoded image into the
+    model input (after the resize to ``input_size``).
+    """
+
+    stage = "model"
+
+    def __init__(self, model_dir: str, *, input_size: int = 0, use_gpu: bool = False, amp_bf16: bool = True,
+                 threads: int = 1, model_hash: str = "") -> None:
+        import torch
+
+        from dr_ray.models import load_model_dir
+
+        if use_gpu and not torch.cuda.is_available():
+            raise RuntimeError(f"{self.stage}.gpus_per_actor > 0 but this actor sees no CUDA device "
+                               "(CUDA_VISIBLE_DEVICES is empty or the torch build has no CUDA)")
+        if not use_gpu:
+            torch.set_num_threads(max(1, threads))
+        self.torch = torch
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.amp = bool(amp_bf16 and use_gpu)
+        model, meta = load_model_dir(model_dir, map_location=self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model.eval()
+        self.meta = meta
+        spec = meta["spec"]
+        if spec["in_channels"] != 3 or spec["output"] != "sigmoid":
+            raise ValueError(f"{model_dir}: expected an RGB-input model with sigmoid outputs, got "
+                             f"{spec['in_channels']} input channels and {spec['output']!r} outputs")
+        self.check_model(model_dir, meta)
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(spec["mean"], dtype=torch.float32, device=self.device).view(shape)
+        self.std = torch.tensor(spec["std"], dtype=torch.float32, device=self.device).view(shape)
+        self.input_size = int(input_size)
+        self.model_hash = model_hash
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads))
+
+    def check_model(self, model_dir: str, meta: dict) -> None:
+        """Raise ValueError when the model does not fit the stage (output channels, metadata)."""
+
+    def transform(self, image: np.ndarray) -> np.ndarray:
+        """Decoded (and resized) RGB image -> model input image (H, W, 3) uint8. Identity by default."""
+        return image
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, K, H, W) uint8 probabilities (p * 255, rounded)."""
+        torch = self.torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(images).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = (x / 255.0 - self.mean) / self.std
+        h, w = x.shape[-2:]
+        ph, pw = -h % 32, -w % 32  # the encoders' stride
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.amp:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = self.model(x)
+            else:
+                logits = self.model(x)
+            prob = torch.sigmoid(logits.float())[:, :, :h, :w]
+            return (prob * 255.0).round().to(torch.uint8).cpu().numpy()
+
+    def decode_inputs(self, batch: pa.Table) -> tuple[list[np.ndarray | None], list[str], list[str | None]]:
+        """Model inputs of a batch (None for a row that cannot be decoded), statuses and errors, row for row."""
+        import cv2
+
+        pngs = batch.column(C.IMAGE_PNG).to_pylist()
+        sizes = batch.column(C.SIZE).to_pylist()
+        ids = batch.column(C.IMAGE_ID).to_pylist()
+        status = [C.STATUS_OK] * batch.num_rows
+        errors: list[str | None] = [None] * batch.num_rows
+
+        def decode(i: int) -> np.ndarray | None:
+            try:
+                if pngs[i] is None:
+                    raise ImageDecodeError("no processed image in the preprocess row")
+                img = decode_png(pngs[i])
+                if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != (sizes[i], sizes[i]):
+                    raise ImageDecodeError(f"processed image has shape {img.shape}, expected "
+                                           f"({sizes[i]}, {sizes[i]}, 3)")
+            except (ImageDecodeError, ValueError) as e:
+                status[i], errors[i] = C.STATUS_QUARANTINED, f"{ids[i]}: {e}"
+                return None
+            if self.input_size and self.input_size != img.shape[0]:
+                img = cv2.resize(img, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
+            return self.transform(img)
+
+        return list(self.pool.map(decode, range(batch.num_rows))), status, errors
+
+    def predict(self, inputs: list[np.ndarray | None]) -> list[np.ndarray | None]:
+        """(K, h, w) uint8 probabilities per decodable input (None elsewhere), batched by image shape."""
+        by_shape: dict[tuple, list[int]] = {}
+        for i, img in enumerate(inputs):
+            if img is not None:
+                by_shape.setdefault(img.shape, []).append(i)
+        out: list[np.ndarray | None] = [None] * len(inputs)
+        for rows in by_shape.values():
+            for i, p in zip(rows, self.forward(np.stack([inputs[i] for i in rows]))):
+                out[i] = p
+        return out
+
+
+def read_input_index(input_dir: str) -> pa.Table:
+    """Catalog columns of the preprocess stage's ``status=ok`` rows (no image bytes): a model stage's input rows."""
+    ok_dir = fs.join(input_dir, f"{C.STATUS}={C.STATUS_OK}")
+    if not fs.is_dir(ok_dir):
+        raise FileNotFoundError(f"{ok_dir} not found: run `dr-ray preprocess` first, or point the stage's input "
+                                f"to a preprocess stage folder")
+    filesystem, inner = fs.resolve(ok_dir)
+    dataset = pads.dataset(inner, filesystem=filesystem, format="parquet")
+    return dataset.to_table(columns=list(C.CATALOG_COLUMNS)).cast(C.CATALOG_SCHEMA)
+
+
+def check_model_dir(model_dir: str, key: str, how: str) -> str:
+    """The model directory's content hash; clear errors for an empty setting or a URI."""
+    from dr_ray.models import artifact_hash
+
+    if not model_dir:
+        raise ValueError(f"{key} is empty: {how}")
+    if fs.is_uri(model_dir):
+        raise ValueError(f"{key}={model_dir!r}: the model is loaded from a local (or mounted) path")
+    return artifact_hash(model_dir)
+
+
+def run_model_stage(cfg: Config, *, stage: str, input_dir: str, cfg_hash: str, what: str,
+                    build: Callable) -> StageSummary:
+    """Preprocessed rows not done yet -> ``build(ds)`` -> ``<output.dir>/<stage>/status=*/``; refuses a rerun
+    with other settings (``what`` names them) before writing anything; returns the reconciled summary."""
+    import ray
+
+    inputs = read_input_index(input_dir)
+    out = stage_dir(cfg.output.dir, stage)
+    before = scan_outputs(out)
+    check_resumable(before.table, cfg_hash, out, cfg.output.resume, what=what)
+    fs.makedirs(out)
+    fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
+    done = before.ids()
+    todo = inputs.filter(pc.invert(pc.is_in(inputs.column(C.IMAGE_ID), value_set=done)))
+    already = inputs.num_rows - todo.num_rows
+    log.info("%s: %d preprocessed images in %s, %d done by earlier runs, %d to process -> %s",
+             stage, inputs.num_rows, input_dir, already, todo.num_rows, out)
+
+    elapsed = 0.0
+    if todo.num_rows:
+        from ray.data.expressions import col
+
+        init_ray(cfg.ray)
+        # Blocks of at most ray.rows_per_file rows: Ray Data would otherwise merge small shards into one read
+        # task, and a crash would then lose (and a resume redo) everything that task had done.
+        ds = ray.data.read_parquet(fs.join(input_dir, f"{C.STATUS}={C.STATUS_OK}"), partitioning=None,
+                                   override_num_blocks=max(1, -(-inputs.num_rows // cfg.ray.rows_per_file)))
+        ds = ds.select_columns(INPUT_COLUMNS)
+        if already:
+            ds = ds.filter(expr=~col(C.IMAGE_ID).is_in(done.to_pylist()))
+        ds = build(ds)
+        t0 = time.perf_counter()
+        ds.write_parquet(out, partition_cols=[C.STATUS])
+        elapsed = time.perf_counter() - t0
+
+    return finish_stage(stage, inputs, before, out, label_problems=0, already_done=already,
+                        processed_now=todo.num_rows, run_seconds=elapsed)
+
+
+__all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "read_input_index", "run_model_stage"]
