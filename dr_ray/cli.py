@@ -46,6 +46,10 @@ SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
         "vessels.graph_batch_size=2",
         "vessels.gpus_per_actor=0",
     ),
+    "pseudo-labels": (
+        "pseudo_labels.batch_size=4",
+        "pseudo_labels.gpus_per_actor=0",
+    ),
 }
 
 
@@ -97,6 +101,16 @@ def _vessels(cfg: Config) -> int:
     return 0 if summary.reconciles else 1
 
 
+def _pseudo_labels(cfg: Config) -> int:
+    from dr_ray.pipelines.pseudo_labels import run_pseudo_labels
+
+    summary = run_pseudo_labels(cfg)
+    print("\n".join(summary.lines()))
+    print(f"\nlesion maps and statistics: {summary.output}/status=ok/   quarantine: {summary.output}/quarantine.csv"
+          f"   summary: {summary.output}/summary.json")
+    return 0 if summary.reconciles else 1
+
+
 STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
     "preprocess": ("decode, crop to the fundus, resize, CLAHE; write Parquet shards + quarantine", _preprocess),
     "catalog": ("read a dataset's labels into a catalog Parquet with patient-level folds", _catalog),
@@ -104,6 +118,8 @@ STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
                       _train_vessels),
     "vessels": ("segment vessels (model actor pool), build vessel graphs, optic disc, A/V and biomarkers; "
                 "write Parquet shards + quarantine", _vessels),
+    "pseudo-labels": ("lesion maps for every preprocessed image (model actor pool): maps + per-lesion area and "
+                      "component counts; write Parquet shards + quarantine", _pseudo_labels),
 }
 
 

@@ -9,6 +9,7 @@ from dr_ray.config.schema import (
     DataConfig,
     OutputConfig,
     PreprocessConfig,
+    PseudoLabelsConfig,
     QualityConfig,
     RayConfig,
     SyntheticConfig,
@@ -17,7 +18,7 @@ from dr_ray.config.schema import (
 )
 
 __all__ = [
-    "DATASETS", "ClaheConfig", "Config", "ConfigError", "DataConfig", "OutputConfig", "PreprocessConfig",
+    "DATASETS", "ClaheConfig", "Config", "ConfigError", "DataConfig", "OutputConfig", "PreprocessConfig", "PseudoLabelsConfig",
     "QualityConfig", "RayConfig", "SyntheticConfig", "TrainVesselsConfig", "VesselsConfig", "config_hash",
     "dump_yaml", "load_config", "parse_override", "to_dict",
 ]

@@ -273,6 +273,47 @@ class VesselsConfig:
                "must be in 100..5000 (um)")
 
 
+LESION_KIND_NAMES = ("ma", "he", "ex", "se", "irma", "nv")  # = dr_ray.io.columns.LESION_KINDS
+
+
+@dataclass(frozen=True)
+class PseudoLabelsConfig:
+    """``dr-ray pseudo-labels``: preprocessed shards -> lesion segmentation model (actor pool) -> per-image lesion
+    maps (uint8 probabilities at ``map_size``, PNG) + per-lesion area fraction and component count -> Parquet."""
+
+    input: str = ""  # preprocess stage folder (holds status=ok/); "" = <output.dir>/preprocess
+    model_dir: str = ""  # saved lesion model directory (local or mounted path); required
+    lesion_kinds: tuple[str, ...] = ("ma", "he", "ex", "se")  # output channels, when the model metadata has none
+    input_size: int = 0  # side the image is resized to for the model (0 = as stored; a Swin model needs its size)
+    map_size: int = 128  # side of the stored lesion maps, px
+    reduce: str = "max"  # "max" keeps 1-2 px microaneurysms visible at map_size; "mean" averages
+    threshold: float = 0.5  # probability -> lesion pixel, for the statistics
+    min_component_px: int = 1  # smaller connected components are not counted (px at the model's resolution)
+    batch_size: int = 16  # images per forward pass on one actor
+    actors: int = 1  # model actor pool size: one per GPU on a GPU cluster
+    gpus_per_actor: float = 0.0  # 1 on a GPU cluster (0.5 puts two actors on a GPU); 0 = CPU inference
+    cpus_per_actor: float = 1.0  # CPU threads per actor: PNG decode, statistics, map encoding
+    amp_bf16: bool = True  # bf16 autocast + channels_last on GPU (ignored on CPU)
+
+    def __post_init__(self) -> None:
+        k = "pseudo_labels."
+        bad = [x for x in self.lesion_kinds if x not in LESION_KIND_NAMES]
+        _check(bool(self.lesion_kinds) and not bad and len(set(self.lesion_kinds)) == len(self.lesion_kinds),
+               k + "lesion_kinds", list(self.lesion_kinds),
+               f"must be distinct entries of {', '.join(LESION_KIND_NAMES)}")
+        _check(self.input_size == 0 or 32 <= self.input_size <= 4096, k + "input_size", self.input_size,
+               "must be 0 (as stored) or in 32..4096")
+        _check(8 <= self.map_size <= 4096, k + "map_size", self.map_size, "must be in 8..4096")
+        _check(self.reduce in ("max", "mean"), k + "reduce", self.reduce, "must be max or mean")
+        _check(0.0 < self.threshold < 1.0, k + "threshold", self.threshold, "must be in (0, 1)")
+        _check(1 <= self.min_component_px <= 100_000, k + "min_component_px", self.min_component_px,
+               "must be in 1..100000")
+        _check(1 <= self.batch_size <= 4096, k + "batch_size", self.batch_size, "must be in 1..4096")
+        _check(1 <= self.actors <= 1024, k + "actors", self.actors, "must be in 1..1024")
+        _check(0.0 <= self.gpus_per_actor <= 8.0, k + "gpus_per_actor", self.gpus_per_actor, "must be in 0..8")
+        _check(0.0 < self.cpus_per_actor <= 64, k + "cpus_per_actor", self.cpus_per_actor, "must be in (0, 64]")
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -281,3 +322,4 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     train_vessels: TrainVesselsConfig = field(default_factory=TrainVesselsConfig)
     vessels: VesselsConfig = field(default_factory=VesselsConfig)
+    pseudo_labels: PseudoLabelsConfig = field(default_factory=PseudoLabelsConfig)

@@ -6,6 +6,13 @@
 
 from dr_ray.imaging.decode import ImageDecodeError, ImageHeader, check_header, choose_reduction, decode, probe
 from dr_ray.imaging.enhance import canny_edges, clahe, graham_normalise, vessel_tophat
+from dr_ray.imaging.lesion_maps import (
+    decode_lesion_maps,
+    encode_lesion_maps,
+    lesion_statistics,
+    quantise,
+    reduce_maps,
+)
 from dr_ray.imaging.fov import FovGeometry, circle_mask, crop_fov_mask, crop_to_fov, find_fov, fov_mask
 from dr_ray.imaging.preprocess import PreprocessResult, decode_png, encode_png, preprocess_image, preprocess_naive
 from dr_ray.imaging.quality import QualityMeasures, is_gradable, measure_quality, quality_issues
@@ -16,4 +23,5 @@ __all__ = [
     "clahe", "graham_normalise", "canny_edges", "vessel_tophat",
     "QualityMeasures", "measure_quality", "is_gradable", "quality_issues",
     "PreprocessResult", "preprocess_image", "preprocess_naive", "encode_png", "decode_png",
+    "quantise", "reduce_maps", "encode_lesion_maps", "decode_lesion_maps", "lesion_statistics",
 ]

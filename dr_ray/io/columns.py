@@ -162,3 +162,38 @@ VESSELS_SCHEMA = pa.schema(
         pa.field(BIOMARKER_REASONS, pa.string()),
     ]
 )
+
+# --- pseudo-labels stage outputs -----------------------------------------------------------
+LESION_MAPS_PNG = "lesion_maps_png"  # uint8 lesion probabilities (p * 255), the K maps stacked vertically:
+#                                      a (K * map_size, map_size) grey PNG, kinds in LESION_MAP_KINDS order
+LESION_MAP_KINDS = "lesion_map_kinds"  # comma-separated lesion kinds of the stacked maps, e.g. "ma,he,ex,se"
+LESION_MAP_SIZE = "lesion_map_size"  # side of each stored map, px
+
+
+def lesion_area_column(kind: str) -> str:
+    """Fraction of FOV pixels above the threshold for one lesion kind (null when the model lacks the kind)."""
+    lesion_mask_column(kind)  # validates the kind
+    return f"lesion_{kind}_area"
+
+
+def lesion_count_column(kind: str) -> str:
+    """Connected components (8-connected) above the threshold for one lesion kind."""
+    lesion_mask_column(kind)
+    return f"lesion_{kind}_count"
+
+
+PSEUDO_LABELS_SCHEMA = pa.schema(
+    [
+        *CATALOG_SCHEMA,
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string()),
+        pa.field(CONFIG_HASH, pa.string()),
+        pa.field(MODEL_HASH, pa.string()),
+        pa.field(SIZE, pa.int32()),
+        pa.field(LESION_MAPS_PNG, pa.binary()),
+        pa.field(LESION_MAP_KINDS, pa.string()),
+        pa.field(LESION_MAP_SIZE, pa.int32()),
+        *[pa.field(lesion_area_column(k), pa.float32()) for k in LESION_KINDS],
+        *[pa.field(lesion_count_column(k), pa.int32()) for k in LESION_KINDS],
+    ]
+)

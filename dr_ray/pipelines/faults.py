@@ -4,6 +4,8 @@
 ``raise`` raises :class:`InjectedFault` (a BaseException, so per-record quarantine does not catch it and
 the Ray job stops, as a crash would); ``exit`` kills the worker process (``os._exit``), as a lost node would.
 The variable must be in the environment the Ray workers start with (a fresh ``ray.init`` or a runtime_env).
+With ``DR_RAY_FAULT_ONCE=<file>`` as well, the fault fires only while that file does not exist and creates it
+first: a worker that dies once and is restarted (Ray's actor restart, task retry) then gets through.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 
 FAULT_ENV = "DR_RAY_INJECT_FAULT"
+FAULT_ONCE_ENV = "DR_RAY_FAULT_ONCE"
 
 
 class InjectedFault(BaseException):
@@ -28,6 +31,13 @@ def maybe_inject(stage: str, image_id: str) -> None:
     want_id = ":".join(parts[1:-1])
     if want_stage != stage or want_id != image_id:
         return
+    once = os.environ.get(FAULT_ONCE_ENV)
+    if once:
+        try:
+            with open(once, "x"):  # atomic: only the first worker to get here fires
+                pass
+        except FileExistsError:
+            return
     if mode == "exit":
         os._exit(17)
     if mode == "raise":

@@ -148,6 +148,22 @@ def read_input_index(input_dir: str) -> pa.Table:
     return dataset.to_table(columns=list(C.CATALOG_COLUMNS)).cast(C.CATALOG_SCHEMA)
 
 
+def preprocess_fov_margin(input_dir: str, key: str) -> float:
+    """``preprocess.fov_margin`` of the run that wrote ``input_dir`` (its saved config.yaml): with it, the FOV of
+    a stored image is ``circle_mask(size, margin=...)``."""
+    import yaml
+
+    path = fs.join(input_dir, "config.yaml")
+    try:
+        tree = yaml.safe_load(fs.read_bytes(path))
+        return float(tree["preprocess"]["fov_margin"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: run `dr-ray preprocess` first, or set {key} to a folder "
+                                f"written by it") from None
+    except (KeyError, TypeError, ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read preprocess.fov_margin ({type(e).__name__}: {e})") from e
+
+
 def check_model_dir(model_dir: str, key: str, how: str) -> str:
     """The model directory's content hash; clear errors for an empty setting or a URI."""
     from dr_ray.models import artifact_hash
@@ -198,4 +214,5 @@ def run_model_stage(cfg: Config, *, stage: str, input_dir: str, cfg_hash: str, w
                         processed_now=todo.num_rows, run_seconds=elapsed)
 
 
-__all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "read_input_index", "run_model_stage"]
+__all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "preprocess_fov_margin", "read_input_index",
+           "run_model_stage"]

@@ -17,16 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import yaml
 
 from dr_ray.config import Config, VesselsConfig, config_hash, to_dict
 from dr_ray.imaging import ImageDecodeError, decode_png, encode_png
 from dr_ray.imaging.fov import circle_mask
 from dr_ray.io import columns as C
-from dr_ray.io import fs
 from dr_ray.pipelines.faults import maybe_inject
 from dr_ray.training.data import INPUT_MODES, vessel_input
-from dr_ray.pipelines.inference import INPUT_COLUMNS, ModelActor, check_model_dir, run_model_stage
+from dr_ray.pipelines.inference import (
+    INPUT_COLUMNS,
+    ModelActor,
+    check_model_dir,
+    preprocess_fov_margin,
+    run_model_stage,
+)
 from dr_ray.pipelines.runtime import StageSummary, stage_dir
 
 log = logging.getLogger(__name__)
@@ -177,19 +181,6 @@ def build_vessels_pipeline(ds, cfg: Config, *, cfg_hash: str, model_hash: str, f
     )
 
 
-def _preprocess_margin(input_dir: str) -> float:
-    """``preprocess.fov_margin`` of the run that wrote ``input_dir`` (its saved config.yaml)."""
-    path = fs.join(input_dir, "config.yaml")
-    try:
-        tree = yaml.safe_load(fs.read_bytes(path))
-        return float(tree["preprocess"]["fov_margin"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: run `dr-ray preprocess` first, or set vessels.input to a "
-                                f"folder written by it") from None
-    except (KeyError, TypeError, ValueError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read preprocess.fov_margin ({type(e).__name__}: {e})") from e
-
-
 def result_settings(cfg: VesselsConfig, model_hash: str, av_hash: str) -> dict:
     """The settings that change a row's values (not batch sizes or pool sizes): they make ``config_hash``."""
     d = to_dict(cfg)
@@ -219,7 +210,7 @@ def run_vessels(cfg: Config) -> StageSummary:
                                  "model) and pass --set vessels.model_dir=<that folder>")
     cfg_hash = config_hash(result_settings(v, model_hash, _av_model_hash(v.av_model)))
     inp = v.input or stage_dir(cfg.output.dir, "preprocess")
-    fov_margin = _preprocess_margin(inp)
+    fov_margin = preprocess_fov_margin(inp, "vessels.input")
     return run_model_stage(
         cfg, stage=STAGE, input_dir=inp, cfg_hash=cfg_hash, what="vessel settings or model",
         build=lambda ds: build_vessels_pipeline(ds, cfg, cfg_hash=cfg_hash, model_hash=model_hash,

@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,38 +20,10 @@ from dr_ray.imaging import decode_png
 from dr_ray.imaging.fov import circle_mask
 from dr_ray.io import columns as C
 from dr_ray.pipelines.faults import FAULT_ENV
+from dr_ray.testing.stages import read_stage as _read
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray]
-
-
-def _read(stage_dir: Path) -> pa.Table:
-    files = sorted(str(p) for p in stage_dir.glob("status=*/*.parquet"))
-    part = pads.partitioning(pa.schema([(C.STATUS, pa.string())]), flavor="hive")
-    t = pads.dataset(files, format="parquet", partitioning=part, partition_base_dir=str(stage_dir)).to_table()
-    return t.sort_by(C.IMAGE_ID)
-
-
-PRE_SETTINGS = ("data.synthetic.n_patients=3", "data.synthetic.width=768", "data.synthetic.height=512",
-                "preprocess.size=128", "ray.rows_per_file=2", "ray.batch_size=2")
-
-
-@pytest.fixture(scope="module")
-def preprocessed(ray_cluster, tmp_path_factory) -> Path:
-    """A preprocess run over 6 synthetic images (+ its own quarantined broken files), plus one planted row whose
-    stored PNG is damaged: the vessels stage must quarantine that one."""
-    from dr_ray.pipelines.preprocess import run_preprocess
-
-    root = tmp_path_factory.mktemp("pre")
-    run_preprocess(load_config(None, [f"output.dir={root}", *PRE_SETTINGS]))
-    ok_dir = root / "preprocess" / "status=ok"
-    src = pq.read_table(sorted(ok_dir.glob("*.parquet"))[0])
-    bad = src.slice(0, 1)
-    bad = bad.set_column(bad.schema.get_field_index(C.IMAGE_ID), C.IMAGE_ID, pa.array(["synthetic/damaged_png"]))
-    bad = bad.set_column(bad.schema.get_field_index(C.IMAGE_PNG), C.IMAGE_PNG,
-                         pa.array([b"\x89PNG\r\n\x1a\n but the rest is gone"], pa.binary()))
-    pq.write_table(bad, ok_dir / "zz_damaged.parquet")
-    return root / "preprocess"
 
 
 @pytest.fixture(scope="module")
