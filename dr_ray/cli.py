@@ -46,6 +46,20 @@ SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
         "vessels.graph_batch_size=2",
         "vessels.gpus_per_actor=0",
     ),
+    "train-lesions": (
+        "train_lesions.synthetic_images=4",
+        "train_lesions.synthetic_size=128",
+        "train_lesions.image_size=128",
+        "train_lesions.patch_size=64",
+        "train_lesions.patches_per_image=2",
+        "train_lesions.val_patches_per_image=2",
+        "train_lesions.batch_size=4",
+        "train_lesions.epochs=2",
+        "train_lesions.num_workers=1",
+        "train_lesions.use_gpu=false",
+        "train_lesions.encoder=resnet18",
+        "train_lesions.name=train_lesions_smoke",
+    ),
     "pseudo-labels": (
         "pseudo_labels.batch_size=4",
         "pseudo_labels.gpus_per_actor=0",
@@ -53,14 +67,29 @@ SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _print_stage(summary, what: str) -> int:
+    """A batch stage's reconciled counts and where its outputs are; exit code 1 unless they reconcile."""
+    print("\n".join(summary.lines()))
+    print(f"\n{what}: {summary.output}/status=ok/   quarantine: {summary.output}/quarantine.csv"
+          f"   summary: {summary.output}/summary.json")
+    return 0 if summary.reconciles else 1
+
+
+def _print_training(stage: str, summary: dict, *extra: str) -> int:
+    import json
+
+    final = summary["final"]
+    print(f"{stage}: {len(summary['train_images'])} training / {len(summary['val_images'])} validation "
+          f"images, {final['epoch']} epochs")
+    print("  last epoch: " + json.dumps({k: v for k, v in final.items() if k.startswith(("train_", "val_"))}))
+    print("   ".join([f"  model: {summary['model_dir']}", *extra, f"metrics: {summary['metrics_path']}"]))
+    return 0
+
+
 def _preprocess(cfg: Config) -> int:
     from dr_ray.pipelines.preprocess import run_preprocess
 
-    summary = run_preprocess(cfg)
-    print("\n".join(summary.lines()))
-    print(f"\nprocessed images: {summary.output}/status=ok/   quarantine: {summary.output}/quarantine.csv"
-          f"   summary: {summary.output}/summary.json")
-    return 0 if summary.reconciles else 1
+    return _print_stage(run_preprocess(cfg), "processed images")
 
 
 def _catalog(cfg: Config) -> int:
@@ -78,37 +107,28 @@ def _catalog(cfg: Config) -> int:
 
 
 def _train_vessels(cfg: Config) -> int:
-    import json
-
     from dr_ray.pipelines.train_vessels import run_train_vessels
 
-    summary = run_train_vessels(cfg)
-    final = summary["final"]
-    print(f"train-vessels: {len(summary['train_images'])} training / {len(summary['val_images'])} validation "
-          f"images, {final['epoch']} epochs")
-    print("  last epoch: " + json.dumps({k: v for k, v in final.items() if k.startswith(("train_", "val_"))}))
-    print(f"  model: {summary['model_dir']}   metrics: {summary['metrics_path']}")
-    return 0
+    return _print_training("train-vessels", run_train_vessels(cfg))
 
 
 def _vessels(cfg: Config) -> int:
     from dr_ray.pipelines.vessels import run_vessels
 
-    summary = run_vessels(cfg)
-    print("\n".join(summary.lines()))
-    print(f"\nvessel graphs and biomarkers: {summary.output}/status=ok/   quarantine: {summary.output}/quarantine.csv"
-          f"   summary: {summary.output}/summary.json")
-    return 0 if summary.reconciles else 1
+    return _print_stage(run_vessels(cfg), "vessel graphs and biomarkers")
+
+
+def _train_lesions(cfg: Config) -> int:
+    from dr_ray.pipelines.train_lesions import run_train_lesions
+
+    summary = run_train_lesions(cfg)
+    return _print_training("train-lesions", summary, f"encoder: {summary['encoder_path']}")
 
 
 def _pseudo_labels(cfg: Config) -> int:
     from dr_ray.pipelines.pseudo_labels import run_pseudo_labels
 
-    summary = run_pseudo_labels(cfg)
-    print("\n".join(summary.lines()))
-    print(f"\nlesion maps and statistics: {summary.output}/status=ok/   quarantine: {summary.output}/quarantine.csv"
-          f"   summary: {summary.output}/summary.json")
-    return 0 if summary.reconciles else 1
+    return _print_stage(run_pseudo_labels(cfg), "lesion maps and statistics")
 
 
 STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
@@ -118,6 +138,8 @@ STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
                       _train_vessels),
     "vessels": ("segment vessels (model actor pool), build vessel graphs, optic disc, A/V and biomarkers; "
                 "write Parquet shards + quarantine", _vessels),
+    "train-lesions": ("train the multi-label lesion U-Net / Swin U-Net on Ray Train; write a model directory, "
+                      "the encoder for transfer, and metrics", _train_lesions),
     "pseudo-labels": ("lesion maps for every preprocessed image (model actor pool): maps + per-lesion area and "
                       "component counts; write Parquet shards + quarantine", _pseudo_labels),
 }

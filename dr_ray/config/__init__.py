@@ -13,12 +13,13 @@ from dr_ray.config.schema import (
     QualityConfig,
     RayConfig,
     SyntheticConfig,
+    TrainLesionsConfig,
     TrainVesselsConfig,
     VesselsConfig,
 )
 
 __all__ = [
     "DATASETS", "ClaheConfig", "Config", "ConfigError", "DataConfig", "OutputConfig", "PreprocessConfig", "PseudoLabelsConfig",
-    "QualityConfig", "RayConfig", "SyntheticConfig", "TrainVesselsConfig", "VesselsConfig", "config_hash",
+    "QualityConfig", "RayConfig", "SyntheticConfig", "TrainLesionsConfig", "TrainVesselsConfig", "VesselsConfig", "config_hash",
     "dump_yaml", "load_config", "parse_override", "to_dict",
 ]

@@ -274,6 +274,76 @@ class VesselsConfig:
 
 
 LESION_KIND_NAMES = ("ma", "he", "ex", "se", "irma", "nv")  # = dr_ray.io.columns.LESION_KINDS
+LESION_DATASETS = ("idrid", "fgadr")  # catalog readers with pixel-level lesion masks
+LESION_MODELS = ("lesion_unet", "swin_unet")
+
+
+@dataclass(frozen=True)
+class TrainLesionsConfig:
+    """Multi-label lesion segmentation training (``dr-ray train-lesions``): patches biased towards lesions, Ray
+    Train workers (DDP), checkpoints each epoch, resume. Data: the catalog readers of ``datasets`` at ``roots``,
+    or, when both are empty, ``synthetic_images`` generated fundus frames with known lesions."""
+
+    datasets: tuple[str, ...] = ()  # subset of LESION_DATASETS
+    roots: tuple[str, ...] = ()  # one root per dataset, same order: local path or s3://
+    synthetic_images: int = 8  # used only when datasets is empty
+    synthetic_size: int = 256  # side of the synthetic frames, px
+    kinds: tuple[str, ...] = ("ma", "he", "ex", "se")  # output channels (FGADR adds irma, nv)
+    model: str = "lesion_unet"  # lesion_unet (CNN, faster) | swin_unet (the poster's Swin U-Net)
+    encoder: str = ""  # timm encoder; "" = the model's default (resnet34 / swin_tiny_patch4_window7_224)
+    pretrained: bool = False  # ImageNet encoder weights (needs the HF hub or its local cache)
+    image_size: int = 1024  # images are resized so their longer side is this (px) before patching
+    patch_size: int = 256  # training patch side (px); swin_unet: its input size (a multiple of 224 for window 7)
+    patches_per_image: int = 8
+    lesion_fraction: float = 0.5  # share of patches centred on a lesion pixel (rare structures)
+    val_fraction: float = 0.2  # share of patients held out for validation (at least one image)
+    val_patches_per_image: int = 8  # validation: fixed (seeded) patches of the held-out images
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3  # AdamW, cosine decay over epochs (1e-4 suits swin_unet)
+    weight_decay: float = 1e-4
+    focal_gamma: float = 2.0  # LesionLoss = soft Dice + focal
+    focal_alpha: float = 0.25
+    num_workers: int = 1  # Ray Train workers (DDP when > 1)
+    use_gpu: bool = False
+    amp_bf16: bool = True  # bf16 autocast on GPU
+    max_failures: int = 2  # a killed worker is replaced this often; the group resumes from the last checkpoint
+    seed: int = 0
+    name: str = "train_lesions"  # output.dir sub-folder and Ray Train run name (same name = resume)
+
+    def __post_init__(self) -> None:
+        k = "train_lesions."
+        bad = [d for d in self.datasets if d not in LESION_DATASETS]
+        _check(not bad and len(set(self.datasets)) == len(self.datasets), k + "datasets", list(self.datasets),
+               f"must be distinct entries of {', '.join(LESION_DATASETS)}")
+        _check(len(self.roots) == len(self.datasets) and all(self.roots), k + "roots", list(self.roots),
+               f"needs one non-empty root per dataset ({len(self.datasets)})")
+        _check(bool(self.datasets) or self.synthetic_images >= 2, k + "synthetic_images", self.synthetic_images,
+               "must be >= 2 (one training, one validation image) when datasets is empty")
+        _check(64 <= self.synthetic_size <= 4096, k + "synthetic_size", self.synthetic_size, "must be in 64..4096")
+        badk = [x for x in self.kinds if x not in LESION_KIND_NAMES]
+        _check(bool(self.kinds) and not badk and len(set(self.kinds)) == len(self.kinds), k + "kinds",
+               list(self.kinds), f"must be distinct entries of {', '.join(LESION_KIND_NAMES)}")
+        _check(self.model in LESION_MODELS, k + "model", self.model, f"must be one of {', '.join(LESION_MODELS)}")
+        _check(64 <= self.image_size <= 8192, k + "image_size", self.image_size, "must be in 64..8192")
+        _check(32 <= self.patch_size <= 2048 and self.patch_size % 32 == 0, k + "patch_size", self.patch_size,
+               "must be a multiple of 32 in 32..2048")
+        _check(1 <= self.patches_per_image <= 10_000, k + "patches_per_image", self.patches_per_image,
+               "must be in 1..10000")
+        _check(0.0 <= self.lesion_fraction <= 1.0, k + "lesion_fraction", self.lesion_fraction, "must be in 0..1")
+        _check(0.0 < self.val_fraction < 1.0, k + "val_fraction", self.val_fraction, "must be in (0, 1)")
+        _check(1 <= self.val_patches_per_image <= 10_000, k + "val_patches_per_image", self.val_patches_per_image,
+               "must be in 1..10000")
+        _check(1 <= self.epochs <= 100_000, k + "epochs", self.epochs, "must be in 1..100000")
+        _check(1 <= self.batch_size <= 4096, k + "batch_size", self.batch_size, "must be in 1..4096")
+        _check(0.0 < self.lr < 1.0, k + "lr", self.lr, "must be in (0, 1)")
+        _check(0.0 <= self.weight_decay < 1.0, k + "weight_decay", self.weight_decay, "must be in [0, 1)")
+        _check(0.0 <= self.focal_gamma <= 10.0, k + "focal_gamma", self.focal_gamma, "must be in 0..10")
+        _check(0.0 <= self.focal_alpha <= 1.0, k + "focal_alpha", self.focal_alpha, "must be in 0..1")
+        _check(1 <= self.num_workers <= 1024, k + "num_workers", self.num_workers, "must be in 1..1024")
+        _check(0 <= self.max_failures <= 100, k + "max_failures", self.max_failures, "must be in 0..100")
+        _check(bool(self.name) and "/" not in self.name and self.name not in (".", ".."), k + "name", self.name,
+               "must be a plain folder name")
 
 
 @dataclass(frozen=True)
@@ -322,4 +392,5 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     train_vessels: TrainVesselsConfig = field(default_factory=TrainVesselsConfig)
     vessels: VesselsConfig = field(default_factory=VesselsConfig)
+    train_lesions: TrainLesionsConfig = field(default_factory=TrainLesionsConfig)
     pseudo_labels: PseudoLabelsConfig = field(default_factory=PseudoLabelsConfig)

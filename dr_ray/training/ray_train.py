@@ -38,6 +38,42 @@ def build_model(cfg: TrainVesselsConfig) -> torch.nn.Module:
                         decoder_channels=cfg.decoder_channels)
 
 
+def restore(model: torch.nn.Module, optimizer, scheduler, *, epochs: int, rank: int) -> tuple[int, list[dict]]:
+    """Load the run's latest checkpoint (Ray Train hands it to a restarted worker or a resumed run) into the
+    model, optimizer and cosine scheduler; returns (epochs already done, history). (0, []) for a new run."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as d:
+        state, history = load_training_state(d)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scheduler.T_max = epochs  # a resumed run may have been given more epochs: stretch the cosine
+    log.info("rank %d: resuming after epoch %d", rank, int(state["epoch"]))
+    return int(state["epoch"]), history
+
+
+def report_epoch(metrics: dict, *, rank: int, history: list[dict], model: torch.nn.Module, optimizer, scheduler,
+                 epochs: int) -> None:
+    """Rank 0 reports the epoch's metrics with a checkpoint (model, optimizer, scheduler, history); the other
+    ranks report the metrics only (Ray Train keeps rank 0's)."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    history.append(metrics)
+    log.info("epoch %d/%d: %s", metrics["epoch"], epochs, metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_training_state(tmp, model=model, optimizer=optimizer, scheduler=scheduler, epoch=metrics["epoch"],
+                            history=history)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
+
+
 def _shard(records: Sequence[VesselRecord], rank: int, world: int) -> list[VesselRecord]:
     # Fewer images than workers: every worker sees all of them (different patches: rng seeded by rank).
     return list(records[rank::world]) if len(records) >= world else list(records)
@@ -59,17 +95,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     spec = model.spec
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state, history = load_training_state(d)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scheduler.T_max = cfg.epochs  # a resumed run may have been given more epochs: stretch the cosine
-        start_epoch = int(state["epoch"])
-        log.info("rank %d: resuming after epoch %d", rank, start_epoch)
+    start_epoch, history = restore(model, optimizer, scheduler, epochs=cfg.epochs, rank=rank)
     model = ray.train.torch.prepare_model(model)
 
     t0 = time.perf_counter()
@@ -100,33 +126,141 @@ def train_loop_per_worker(loop_config: dict) -> None:
             val = evaluate(unwrap(model), val_images, mean=spec.mean, std=spec.std, device=device, amp=amp,
                            seed=cfg.seed)
             metrics.update({f"val_{k}": v for k, v in finite_or_none(val).items()})
-            history.append(metrics)
-            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, metrics)
-            with tempfile.TemporaryDirectory() as tmp:
-                save_training_state(tmp, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1,
-                                    history=history)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
-        else:
-            ray.train.report(metrics)
+        report_epoch(metrics, rank=rank, history=history, model=model, optimizer=optimizer, scheduler=scheduler,
+                     epochs=cfg.epochs)
 
 
-def fit(cfg: TrainVesselsConfig, train: Sequence[VesselRecord], val: Sequence[VesselRecord], *,
-        storage_path: str, name: str, keep_checkpoints: int = 2):
-    """Run (or resume) the TorchTrainer; returns the ``ray.train.Result`` (``.checkpoint`` = latest epoch).
+def run_trainer(loop_fn, loop_config: dict, *, num_workers: int, use_gpu: bool, storage_path: str, name: str,
+                keep_checkpoints: int = 2, max_failures: int = 2):
+    """Run (or resume) a ``TorchTrainer`` over ``loop_fn``; returns the ``ray.train.Result``.
 
-    ``storage_path`` (absolute local path or URI) + ``name`` identify the run: the same pair resumes it.
-    Only the latest ``keep_checkpoints`` epoch checkpoints are kept (a resnet18 U-Net checkpoint with AdamW
-    state is ~170 MB; 100 epochs of them would be 17 GB).
+    ``storage_path`` (absolute local path or URI) + ``name`` identify the run: the same pair resumes it after a
+    killed job. A worker that dies mid-run is replaced up to ``max_failures`` times and the new group restarts
+    from the latest checkpoint (``FailureConfig``). Only the latest ``keep_checkpoints`` checkpoints are kept.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "train": list(train), "val": list(val)},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        loop_fn,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(storage_path=storage_path, name=name,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)),
     )
     return trainer.fit()
+
+
+def fit(cfg: TrainVesselsConfig, train: Sequence[VesselRecord], val: Sequence[VesselRecord], *,
+        storage_path: str, name: str, keep_checkpoints: int = 2):
+    """Vessel training run (see :func:`run_trainer`); ``.checkpoint`` of the result = the latest epoch.
+
+    (A resnet18 U-Net checkpoint with AdamW state is ~170 MB: 100 epochs of them would be 17 GB, hence
+    ``keep_checkpoints``.)
+    """
+    return run_trainer(train_loop_per_worker, {"cfg": cfg, "train": list(train), "val": list(val)},
+                       num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=storage_path, name=name,
+                       keep_checkpoints=keep_checkpoints)
+
+
+# --- lesion segmentation ------------------------------------------------------------------------
+
+
+def build_lesion_model(cfg) -> torch.nn.Module:
+    """The lesion model of ``cfg`` (TrainLesionsConfig): lesion_unet at any patch size, swin_unet at patch_size."""
+    from dr_ray.models import create_model
+
+    kw = {"encoder": cfg.encoder} if cfg.encoder else {}
+    return create_model(cfg.model, lesion_kinds=list(cfg.kinds), pretrained=cfg.pretrained,
+                        input_size=cfg.patch_size, **kw)
+
+
+def lesion_batches(batches):
+    """Lesion patch batches -> the {"image", "mask", "fov"} batches ``train_one_epoch`` takes: the FOV of each
+    channel is zeroed where that lesion kind was not annotated for the image (unknown, not absent)."""
+    for b in batches:
+        fov = b["fov"] * b["present"][:, :, None, None]
+        yield {"image": b["image"], "mask": b["masks"], "fov": fov}
+
+
+def evaluate_lesions(model: torch.nn.Module, batches, kinds, *, device, amp: bool, seed: int) -> dict[str, float]:
+    """Per-lesion AUPR and Dice (:class:`LesionMeter`, one per kind) over validation patch batches; a kind is
+    scored only on the images where it was annotated. Also ``aupr_mean``/``dice_mean`` over the kinds."""
+    from dr_ray.training.lesion_metrics import LesionMeter
+    from dr_ray.training.loops import _autocast
+
+    meters = [LesionMeter((k,), seed=seed) for k in kinds]
+    model.eval()
+    with torch.inference_mode():
+        for b in batches:
+            with _autocast(torch.device(device), amp):
+                prob = torch.sigmoid(model(b["image"].to(device)).float()).cpu().numpy()
+            masks, fov, present = b["masks"].numpy() > 0, b["fov"].numpy()[:, 0] > 0, b["present"].numpy() > 0
+            for i in range(len(prob)):
+                for k, meter in enumerate(meters):
+                    if present[i, k]:
+                        meter.update(prob[i, k:k + 1], masks[i, k:k + 1], fov[i])
+    out: dict[str, float] = {}
+    for meter in meters:
+        out.update({k: v for k, v in meter.compute().items() if not k.endswith("_mean")})
+    for m in ("aupr", "dice"):
+        vals = [out[f"{m}_{k}"] for k in kinds if np.isfinite(out[f"{m}_{k}"])]
+        out[f"{m}_mean"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def lesion_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train worker for lesion segmentation. ``loop_config``: cfg (TrainLesionsConfig), train/val records."""
+    import ray.train
+    import ray.train.torch
+
+    from dr_ray.training.lesion_data import lesion_patch_batches, load_lesion_images
+    from dr_ray.training.lesion_losses import LesionLoss
+
+    cfg = loop_config["cfg"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    amp = cfg.amp_bf16 and device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+    model = build_lesion_model(cfg)
+    spec = model.spec
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    start_epoch, history = restore(model, optimizer, scheduler, epochs=cfg.epochs, rank=rank)
+    model = ray.train.torch.prepare_model(model)
+
+    train_images = load_lesion_images(_shard(loop_config["train"], rank, world), cfg.kinds, size=cfg.image_size)
+    val_images = load_lesion_images(loop_config["val"], cfg.kinds, size=cfg.image_size) if rank == 0 else []
+    loss_fn = LesionLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+    patches_per_worker = -(-len(loop_config["train"]) * cfg.patches_per_image // world)
+    for epoch in range(start_epoch, cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        t0 = time.perf_counter()
+        batches = lesion_patch_batches(train_images, patch=cfg.patch_size, patches_per_image=cfg.patches_per_image,
+                                       batch_size=cfg.batch_size, mean=spec.mean, std=spec.std, rng=rng,
+                                       lesion_fraction=cfg.lesion_fraction, num_patches=patches_per_worker)
+        lr = optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(model, lesion_batches(batches), optimizer, loss_fn, device, amp)
+        scheduler.step()
+        metrics: dict = {"epoch": epoch + 1, "train_loss": train["loss"], "train_steps": int(train["steps"]),
+                         "start_epoch": start_epoch, "lr": lr, "seconds": time.perf_counter() - t0}
+        if rank == 0:
+            # the same validation patches every epoch (seeded by cfg.seed only), no augmentation
+            val_batches = lesion_patch_batches(val_images, patch=cfg.patch_size,
+                                               patches_per_image=cfg.val_patches_per_image,
+                                               batch_size=cfg.batch_size, mean=spec.mean, std=spec.std,
+                                               rng=np.random.default_rng([cfg.seed, 99991]),
+                                               lesion_fraction=cfg.lesion_fraction, augment_patches=False)
+            val = evaluate_lesions(unwrap(model), val_batches, cfg.kinds, device=device, amp=amp, seed=cfg.seed)
+            metrics.update({f"val_{k}": v for k, v in finite_or_none(val).items()})
+        report_epoch(metrics, rank=rank, history=history, model=model, optimizer=optimizer, scheduler=scheduler,
+                     epochs=cfg.epochs)
+
+
+def fit_lesions(cfg, train, val, *, storage_path: str, name: str, keep_checkpoints: int = 2):
+    """Lesion training run (see :func:`run_trainer`)."""
+    return run_trainer(lesion_loop_per_worker, {"cfg": cfg, "train": list(train), "val": list(val)},
+                       num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=storage_path, name=name,
+                       keep_checkpoints=keep_checkpoints, max_failures=cfg.max_failures)
