@@ -325,6 +325,10 @@ class TrainLesionsConfig:
         _check(bool(self.kinds) and not badk and len(set(self.kinds)) == len(self.kinds), k + "kinds",
                list(self.kinds), f"must be distinct entries of {', '.join(LESION_KIND_NAMES)}")
         _check(self.model in LESION_MODELS, k + "model", self.model, f"must be one of {', '.join(LESION_MODELS)}")
+        # Swin-T (window 7) sees stage grids of patch/4 ... patch/32 tokens: multiples of the window need
+        # multiples of 224 px (see dr_ray.models.swin_unet.check_swin_input_size)
+        _check(self.model != "swin_unet" or self.patch_size % 224 == 0, k + "patch_size", self.patch_size,
+               "must be a multiple of 224 for swin_unet (window 7), e.g. 224 or 448")
         _check(64 <= self.image_size <= 8192, k + "image_size", self.image_size, "must be in 64..8192")
         _check(32 <= self.patch_size <= 2048 and self.patch_size % 32 == 0, k + "patch_size", self.patch_size,
                "must be a multiple of 32 in 32..2048")

@@ -35,10 +35,8 @@ from dr_ray.models.unet import (
     ConvBNReLU,
     DecoderBlock,
     TimmUNet,
-    _offline_error,
-    _reachable,
     _spec_stats,
-    _weights_host,
+    create_encoder,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,28 +85,13 @@ def _create_swin_encoder(encoder: str, *, pretrained: bool, in_chans: int, img_s
                          window_size: int, **timm_kwargs: Any) -> nn.Module:
     """``timm.create_model(encoder, features_only=True, img_size=..., window_size=...)``.
 
-    Same fast offline failure as :func:`dr_ray.models.unet.create_encoder` (which takes no size kwargs).
+    Checks the name is a Swin, then :func:`dr_ray.models.unet.create_encoder` (fast offline failure).
     """
     if not isinstance(encoder, str) or not encoder.startswith("swin") or not timm.is_model(encoder):
         raise ValueError(f"encoder must be a timm Swin (v1) model name such as {SWIN_ENCODER!r}, got {encoder!r} "
                          f"(timm.list_models('swin*'))")
-    kw: dict[str, Any] = dict(features_only=True, pretrained=pretrained, in_chans=in_chans, img_size=img_size,
-                              window_size=window_size, **timm_kwargs)
-    if not pretrained:
-        return timm.create_model(encoder, **kw)
-    host, source = _weights_host(encoder)
-    if host is None:
-        raise RuntimeError(f"timm has no pretrained weights for {encoder}; set pretrained=False")
-    from huggingface_hub import constants
-
-    if not constants.HF_HUB_OFFLINE:
-        reason = _reachable(host)
-        if reason is not None:
-            raise _offline_error(encoder, source, reason)
-    try:
-        return timm.create_model(encoder, **kw)
-    except (OSError, ConnectionError) as e:
-        raise _offline_error(encoder, source, f"{type(e).__name__}: {e}") from e
+    return create_encoder(encoder, pretrained=pretrained, in_chans=in_chans, img_size=img_size,
+                          window_size=window_size, **timm_kwargs)
 
 
 class SwinUNet(nn.Module):

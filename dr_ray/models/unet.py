@@ -76,8 +76,9 @@ def _offline_error(encoder: str, source: str, reason: str) -> RuntimeError:
         f"network access (e.g. timm.create_model({encoder!r}, pretrained=True)) and run with HF_HUB_OFFLINE=1")
 
 
-def create_encoder(encoder: str, *, pretrained: bool, in_chans: int) -> nn.Module:
-    """``timm.create_model(encoder, features_only=True, ...)``; a failed weight download raises quickly.
+def create_encoder(encoder: str, *, pretrained: bool, in_chans: int, **timm_kwargs: Any) -> nn.Module:
+    """``timm.create_model(encoder, features_only=True, in_chans=..., **timm_kwargs)``; a failed weight download
+    raises quickly.
 
     With ``pretrained=True`` the weight host is probed first (``_PROBE_TIMEOUT_S``) unless
     ``HF_HUB_OFFLINE=1`` (then timm loads from the local cache or fails at once).
@@ -86,7 +87,7 @@ def create_encoder(encoder: str, *, pretrained: bool, in_chans: int) -> nn.Modul
         close = difflib.get_close_matches(str(encoder), timm.list_models(), n=3)
         raise ValueError(f"unknown timm encoder {encoder!r}" + (f"; did you mean {close}?" if close else "")
                          + " (see timm.list_models())")
-    kw: dict[str, Any] = dict(features_only=True, pretrained=pretrained, in_chans=in_chans)
+    kw: dict[str, Any] = dict(features_only=True, pretrained=pretrained, in_chans=in_chans, **timm_kwargs)
     if not pretrained:
         return timm.create_model(encoder, **kw)
     host, source = _weights_host(encoder)

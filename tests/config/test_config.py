@@ -63,6 +63,9 @@ def test_unknown_section_and_override():
         ("preprocess.quality.min_brightness=0.9", "max_brightness"),
         ("data.dataset=eyepacs", "data.root"),  # a real dataset needs a root
         ("train_vessels.input_mode=lab", "train_vessels.input_mode='lab': must be one of rgb, green_clahe"),
+        ("train_lesions.model=swin_unet", "train_lesions.patch_size=256: must be a multiple of 224"),
+        ("pseudo_labels.lesion_kinds=[ma, xx]", "pseudo_labels.lesion_kinds"),
+        ("vessels.patch_px=4", "vessels.patch_px=4: must be an odd int"),
     ],
 )
 def test_bad_values_fail_naming_the_key(override, fragment):

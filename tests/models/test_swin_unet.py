@@ -9,7 +9,6 @@ import timm
 import torch
 
 from dr_ray.models import create_model, load_model_dir, save_model_dir
-from dr_ray.models import swin_unet as swin_mod
 from dr_ray.models.swin_unet import check_lesion_kinds, check_swin_input_size
 from dr_ray.testing import make_fundus
 from dr_ray.training.lesion_losses import LesionLoss
@@ -151,7 +150,10 @@ def test_swin_pretrained_offline_fails_fast(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(swin_mod, "_reachable", lambda host: f"cannot resolve {host}: test")
+    from dr_ray.models import unet as unet_mod
+
+    # the Swin encoder goes through unet.create_encoder's fast offline failure: mock its network check
+    monkeypatch.setattr(unet_mod, "_reachable", lambda host: f"cannot resolve {host}: test")
     with pytest.raises(RuntimeError, match="could not download pretrained weights for swin_tiny.*pretrained=False"):
         create_model("swin_unet", pretrained=True)
     with pytest.raises(ValueError, match="Swin"):

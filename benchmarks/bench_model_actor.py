@@ -1,14 +1,19 @@
-"""Vessel actor stage throughput vs the model's bare forward pass at the same batch size.
+"""Model actor stage throughput (vessels or pseudo labels) vs the model's bare forward pass at the same batch size.
 
-    python benchmarks/bench_vessel_actor.py [--rows 4000] [--size 512] [--batch 32] [--encoder resnet18]
-        [--actor-cpus 8] [--cpus N] [--json OUT]
+    python benchmarks/bench_model_actor.py [--stage vessels|pseudo_labels] [--model NAME] [--rows 4000]
+        [--size 512] [--batch 32] [--encoder ENC] [--actor-cpus 8] [--cpus N] [--json OUT]
+
+``--stage vessels``: ``VesselSegmenter`` with a ``vessel_unet`` (default encoder resnet18); ``--stage
+pseudo_labels``: ``PseudoLabeler`` (maps + statistics, default settings) with ``--model lesion_unet`` (resnet34)
+or ``swin_unet`` (Swin-T; ``--size`` must then be its input size, e.g. 448). Issue references on an H100, bf16,
+512 px: Swin-T U-Net ~780 images/s, ResNet34 U-Net ~2,100 images/s bare forward.
 
 1. Input: ``--rows`` preprocessed rows (PNG-encoded ``--size`` px images, as the preprocess stage writes them)
    made from the real EyePACS sample photos in ../shared/data (synthetic frames when absent), replicated with
    distinct ids, in Parquet shards of 256 rows.
-2. Bare forward: the vessel U-Net (random weights: the cost does not depend on them) on a device-resident,
+2. Bare forward: the stage's model (random weights: the cost does not depend on them) on a device-resident,
    normalised batch of ``--batch`` images, bf16 autocast + channels_last on GPU; images/s after warm-up.
-3. Actor stage: ``read_parquet -> map_batches(VesselSegmenter, ActorPoolStrategy(size=1))`` with one GPU
+3. Actor stage: ``read_parquet -> map_batches(<actor>, ActorPoolStrategy(size=1))`` with one GPU
    (when there is one) and ``--actor-cpus`` CPUs (PNG decode/encode threads), consumed by the driver. The
    rate is timed from the moment the actor has loaded its model to the last output row (actor start-up
    excluded; Ray Data hands outputs on in large blocks, so first-to-last-batch timing would be too coarse). Ratio = actor rate / bare forward rate (target >= 0.8 on the GPU node).
@@ -100,30 +105,37 @@ def bare_forward_rate(model_dir: Path, batch: int, size: int, seconds: float = 1
     return n * batch / (time.perf_counter() - t0), name
 
 
-def actor_stage_rate(inp: Path, model_dir: Path, batch: int, actor_cpus: float, cpus: int) -> dict:
+def actor_stage_rate(inp: Path, model_dir: Path, batch: int, actor_cpus: float, cpus: int, stage: str) -> dict:
     import ray
     import torch
 
     from dr_ray.io import columns as C
     from dr_ray.pipelines.inference import INPUT_COLUMNS
-    from dr_ray.pipelines.vessels import VesselSegmenter
 
     gpus = 1 if torch.cuda.is_available() else 0
     ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ready_file = inp / "actor_ready"
+    kwargs = {"model_dir": str(model_dir), "use_gpu": bool(gpus), "amp_bf16": True, "threads": int(actor_cpus)}
+    if stage == "vessels":
+        from dr_ray.pipelines.vessels import VesselSegmenter as Actor
+    else:
+        from dr_ray.config import PseudoLabelsConfig
+        from dr_ray.pipelines.pseudo_labels import PseudoLabeler as Actor
 
-    class TimedSegmenter(VesselSegmenter):
+        kwargs.update(cfg=PseudoLabelsConfig(), cfg_hash="benchmark", fov_margin=0.0)
+
+    class Timed(Actor):
         """Notes when the model is loaded, so the rate excludes actor start-up (same node: local file)."""
 
         def __init__(self, **kw) -> None:
             super().__init__(**kw)
             ready_file.write_text(repr(time.time()))
+
     ds = ray.data.read_parquet(str(inp / f"{C.STATUS}={C.STATUS_OK}"), columns=INPUT_COLUMNS)
-    ds = ds.map_batches(TimedSegmenter, batch_format="pyarrow", batch_size=batch,
+    ds = ds.map_batches(Timed, batch_format="pyarrow", batch_size=batch,
                         compute=ray.data.ActorPoolStrategy(size=1), num_gpus=gpus, num_cpus=actor_cpus,
-                        fn_constructor_kwargs={"model_dir": str(model_dir), "use_gpu": bool(gpus),
-                                               "amp_bf16": True, "threads": int(actor_cpus)})
+                        fn_constructor_kwargs=kwargs)
     t_start = time.time()
     rows, ok = 0, 0
     for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -142,7 +154,9 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=4000)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--stage", choices=("vessels", "pseudo_labels"), default="vessels")
+    ap.add_argument("--model", default="", help="registry name (default: vessel_unet / lesion_unet)")
+    ap.add_argument("--encoder", default="", help="timm encoder (default: the model's own)")
     ap.add_argument("--actor-cpus", type=float, default=8)
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--json", type=Path, default=None)
@@ -152,18 +166,24 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = save_model_dir(create_model("vessel_unet", encoder=args.encoder).eval(), tmp / "model",
-                                   config={"benchmark": True}, train_data_hash=None)
+        name = args.model or ("vessel_unet" if args.stage == "vessels" else "lesion_unet")
+        kw = {"encoder": args.encoder} if args.encoder else {}
+        if name == "swin_unet":
+            kw["input_size"] = args.size
+        model = create_model(name, **kw).eval()
+        model_dir = save_model_dir(model, tmp / "model", config={"benchmark": True}, train_data_hash=None)
         write_input(tmp / "input", args.rows, args.size, args.data)
         bare, device = bare_forward_rate(model_dir, args.batch, args.size)
-        print(f"bare forward ({args.encoder} U-Net, batch {args.batch}, {args.size} px) on {device}: "
+        enc = model.spec.kwargs.get("encoder")
+        print(f"bare forward ({name} {enc}, batch {args.batch}, {args.size} px) on {device}: "
               f"{bare:.1f} images/s", flush=True)
-        stage = actor_stage_rate(tmp / "input", model_dir, args.batch, args.actor_cpus, args.cpus)
+        stage = actor_stage_rate(tmp / "input", model_dir, args.batch, args.actor_cpus, args.cpus, args.stage)
     ratio = stage["steady_rate"] / bare
     print(f"actor stage: {stage['rows']} rows ({stage['ok']} ok) in {stage['wall_s']:.1f} s wall, "
           f"steady {stage['steady_rate']:.1f} images/s = {ratio:.2f} x bare forward", flush=True)
     result = {"command": " ".join(sys.argv), "date": dt.date.today().isoformat(), "device": device,
-              "cpus": args.cpus, "encoder": args.encoder, "batch": args.batch, "size": args.size,
+              "cpus": args.cpus, "stage": args.stage, "model": name, "encoder": enc,
+              "batch": args.batch, "size": args.size,
               "bare_forward_images_per_s": bare, **stage, "ratio": ratio}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
