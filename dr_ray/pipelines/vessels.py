@@ -11,6 +11,7 @@ settings and model processes only the images missing from both folders.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -23,7 +24,6 @@ from dr_ray.imaging import ImageDecodeError, decode_png, encode_png
 from dr_ray.imaging.fov import circle_mask
 from dr_ray.io import columns as C
 from dr_ray.pipelines.faults import maybe_inject
-from dr_ray.training.data import INPUT_MODES, vessel_input
 from dr_ray.pipelines.inference import (
     INPUT_COLUMNS,
     ModelActor,
@@ -32,6 +32,7 @@ from dr_ray.pipelines.inference import (
     run_model_stage,
 )
 from dr_ray.pipelines.runtime import StageSummary, stage_dir
+from dr_ray.training.data import INPUT_MODES, vessel_input
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,6 @@ def result_settings(cfg: VesselsConfig, model_hash: str, av_hash: str) -> dict:
 
 def _av_model_hash(path: str) -> str:
     from dr_ray.vessels.av import default_av_model_path
-
-    import hashlib
 
     p = Path(path) if path else default_av_model_path()
     if not p.is_file():
