@@ -215,6 +215,7 @@ def lesion_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from dr_ray.pipelines.faults import maybe_inject  # the fault-injection test hook (never set in production)
     from dr_ray.training.lesion_data import lesion_patch_batches, load_lesion_images
     from dr_ray.training.lesion_losses import LesionLoss
 
@@ -236,6 +237,7 @@ def lesion_loop_per_worker(loop_config: dict) -> None:
     loss_fn = LesionLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
     patches_per_worker = -(-len(loop_config["train"]) * cfg.patches_per_image // world)
     for epoch in range(start_epoch, cfg.epochs):
+        maybe_inject("train_lesions", f"epoch_{epoch + 1}")  # tests: a worker dying mid-run
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         t0 = time.perf_counter()
         batches = lesion_patch_batches(train_images, patch=cfg.patch_size, patches_per_image=cfg.patches_per_image,

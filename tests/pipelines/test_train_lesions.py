@@ -66,3 +66,31 @@ def test_run_train_lesions_writes_model_encoder_metrics_and_resumes(ray_cluster,
     again = run_train_lesions(_cfg(tmp_path, epochs=3))
     assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
     assert again["history"][-1]["start_epoch"] == 2
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_replaced_and_training_resumes(tmp_path):
+    """The Ray Train worker dies (os._exit) when it starts epoch 3, once: FailureConfig replaces it, the new worker
+    resumes from the latest registered checkpoint, and the job finishes all epochs."""
+    import os
+    import subprocess
+    import sys
+
+    from dr_ray.pipelines.faults import FAULT_ENV, FAULT_ONCE_ENV
+
+    repo = Path(__file__).resolve().parents[2]
+    once = tmp_path / "fault_fired"
+    env = {**os.environ, FAULT_ENV: "train_lesions:epoch_3:exit", FAULT_ONCE_ENV: str(once),
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    cmd = [sys.executable, str(repo / "jobs" / "train_lesions.py"), "--smoke-test", "--set", f"output.dir={tmp_path}",
+           "--set", "train_lesions.epochs=4", "--set", "ray.num_cpus=2"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert once.exists(), "the fault never fired"
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.loads((tmp_path / "train_lesions_smoke" / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]  # every epoch once, in order
+    # The replacement resumed from a checkpoint, not from scratch. Ray Train V2 registers a reported checkpoint
+    # asynchronously, so the one reported just before the crash (epoch 2) may not be registered yet: measured,
+    # the replacement restarts after epoch 1 and redoes epoch 2 (its entry is then the replacement's).
+    assert metrics["history"][0]["start_epoch"] == 0
+    assert metrics["history"][-1]["start_epoch"] in (1, 2)
