@@ -28,30 +28,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._bench_util import cpu_model, pin_one_core  # noqa: E402
+
 from dr_ray.config.schema import PreprocessConfig  # noqa: E402
 from dr_ray.imaging import preprocess_image, preprocess_naive  # noqa: E402
 from dr_ray.imaging.decode import choose_reduction, probe  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("DR_RAY_SHARED_DATA", REPO.parent / "shared" / "data")) / \
     "EyePACS_kaggle_sample" / "images"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _pin_one_core() -> str:
-    if not hasattr(os, "sched_setaffinity"):
-        return "not pinned (no sched_setaffinity on this OS)"
-    cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpus[-1]})
-    return f"pinned to CPU {cpus[-1]} (of {len(cpus)} available)"
 
 
 def _time(fn, *args) -> float:
@@ -89,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     blobs = [p.read_bytes() for p in paths]
     cv2.setNumThreads(args.threads)
-    pinned = _pin_one_core() if args.threads == 1 else "not pinned (--threads > 1)"
+    pinned = pin_one_core() if args.threads == 1 else "not pinned (--threads > 1)"
     cfg = PreprocessConfig(size=args.size)
     headers = [probe(b) for b in blobs]
     factors = [choose_reduction(h.width, h.height, args.size) for h in headers]
@@ -128,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "decode_quarter_images_per_s": n / sum(d_red),
         "decode_speedup": sum(d_full) / sum(d_red),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{_cpu_model()}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}",
+        "machine": f"{cpu_model()}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}",
         "versions": f"Python {platform.python_version()}, OpenCV {cv2.__version__}, NumPy {np.__version__}",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

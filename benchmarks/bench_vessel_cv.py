@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +48,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks._bench_util import cpu_model  # noqa: E402
 
 from dr_ray.config import load_config, to_dict  # noqa: E402
 from dr_ray.models import save_model_dir  # noqa: E402
@@ -73,16 +74,6 @@ METRICS = ("dice", "sensitivity", "specificity", "accuracy", "auc")
 # Resize factors to DRIVE's vessel scale (see the module docstring for where the numbers come from).
 CROSS_SCALES = {"les_av": {"geometry": 0.247, "caliber": 0.34}, "hrf_av": {"geometry": 0.164, "caliber": 0.37}}
 CROSS_ROOTS = {"les_av": "LES-AV", "hrf_av": "HRF-AV"}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def kfold_ids(ids: list[str], k: int, seed: int) -> list[list[str]]:
@@ -333,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nfolds run: {run} of {args.folds}; wall time {total:.0f} s "
           f"(training {sum(r['train_seconds'] for r in results):.0f} s)")
     print("command: python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]))
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({args.threads} threads); date {dt.date.today().isoformat()}")
     summary = {"args": vars(args) | {"data": str(args.data)}, "folds": results, "wall_seconds": total,
                "table": table}

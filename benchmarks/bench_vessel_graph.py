@@ -52,29 +52,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._bench_util import cpu_model, pin_one_core  # noqa: E402
+
 from dr_ray.vessels.biomarkers import global_biomarkers
 from dr_ray.vessels.fractal import box_counting_fd
 from dr_ray.vessels.graph import vessel_graph
 
 DEFAULT_DATA = Path(os.environ.get("DR_RAY_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _pin_one_core() -> str:
-    if not hasattr(os, "sched_setaffinity"):
-        return "not pinned (no sched_setaffinity on this OS)"
-    cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpus[-1]})
-    return f"pinned to CPU {cpus[-1]} (of {len(cpus)} available)"
 
 
 # ---------------------------------------------------------------- data
@@ -198,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cv2.setNumThreads(1)
-    pinned = _pin_one_core()
+    pinned = pin_one_core()
     native = load_cases(args.data)
     if not native:
         print(f"no masks under {args.data}", file=sys.stderr)
@@ -309,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             res["drive_native_pvbm_ms_mean"] = float(np.mean([r["pvbm_ms"] for r in fd_native]))
     res.update(
         command=" ".join(["python", *[str(a) for a in ([Path(sys.argv[0]).as_posix()] + sys.argv[1:])]]),
-        machine=f"{_cpu_model()}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}",
+        machine=f"{cpu_model()}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}",
         versions=(f"Python {platform.python_version()}, NumPy {np.__version__}, OpenCV {cv2.__version__}, "
                   f"scikit-image {importlib.import_module('skimage').__version__}, "
                   f"skan {importlib.import_module('skan').__version__}"),
