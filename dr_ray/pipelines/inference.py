@@ -137,6 +137,25 @@ class ModelActor:
         return out
 
 
+def map_model_actor(ds, actor_cls: type, section, *, model_hash: str, **constructor_kwargs):
+    """``ds.map_batches`` over an actor pool of ``actor_cls`` configured by a stage's config ``section`` (its
+    ``model_dir``, ``batch_size``, ``actors``, ``gpus_per_actor``, ``cpus_per_actor``, ``amp_bf16``); extra
+    keyword arguments go to the actor's constructor."""
+    import ray
+
+    return ds.map_batches(
+        actor_cls,
+        batch_format="pyarrow",
+        batch_size=section.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=section.actors),
+        num_gpus=section.gpus_per_actor,
+        num_cpus=section.cpus_per_actor,
+        fn_constructor_kwargs={"model_dir": section.model_dir, "use_gpu": section.gpus_per_actor > 0,
+                               "amp_bf16": section.amp_bf16, "threads": int(section.cpus_per_actor),
+                               "model_hash": model_hash, **constructor_kwargs},
+    )
+
+
 def read_input_index(input_dir: str) -> pa.Table:
     """Catalog columns of the preprocess stage's ``status=ok`` rows (no image bytes): a model stage's input rows."""
     ok_dir = fs.join(input_dir, f"{C.STATUS}={C.STATUS_OK}")
@@ -214,5 +233,5 @@ def run_model_stage(cfg: Config, *, stage: str, input_dir: str, cfg_hash: str, w
                         processed_now=todo.num_rows, run_seconds=elapsed)
 
 
-__all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "preprocess_fov_margin", "read_input_index",
-           "run_model_stage"]
+__all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "map_model_actor", "preprocess_fov_margin",
+           "read_input_index", "run_model_stage"]

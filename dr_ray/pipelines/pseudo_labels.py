@@ -22,6 +22,7 @@ from dr_ray.pipelines.faults import maybe_inject
 from dr_ray.pipelines.inference import (
     ModelActor,
     check_model_dir,
+    map_model_actor,
     preprocess_fov_margin,
     run_model_stage,
 )
@@ -63,8 +64,8 @@ class PseudoLabeler(ModelActor):
     def check_model(self, model_dir: str, meta: dict) -> None:
         self.kinds = model_lesion_kinds(meta, self.cfg.lesion_kinds)
 
-    def _summarise(self, i: int, prob: np.ndarray | None, size: int) -> tuple[bytes | None, np.ndarray | None,
-                                                                              np.ndarray | None]:
+    def _summarise(self, prob: np.ndarray | None) -> tuple[bytes | None, np.ndarray | None, np.ndarray | None]:
+        """(K, h, w) uint8 probabilities -> (maps PNG, area (K,), count (K,)); Nones for an undecodable row."""
         if prob is None:
             return None, None, None
         fov = circle_mask(prob.shape[-1], margin=self.fov_margin)
@@ -80,7 +81,7 @@ class PseudoLabeler(ModelActor):
             maybe_inject(STAGE, image_id)
         inputs, status, errors = self.decode_inputs(batch)
         sizes = batch.column(C.SIZE).to_pylist()
-        results = list(self.pool.map(self._summarise, range(n), self.predict(inputs), sizes))
+        results = list(self.pool.map(self._summarise, self.predict(inputs)))
         cols: dict[str, pa.Array] = {name: batch.column(name) for name in C.CATALOG_COLUMNS}
         cols[C.STATUS] = pa.array(status, pa.string())
         cols[C.ERROR] = pa.array(errors, pa.string())
@@ -111,20 +112,9 @@ def result_settings(cfg: PseudoLabelsConfig, model_hash: str) -> dict:
 
 def build_pseudo_labels_pipeline(ds, cfg: Config, *, cfg_hash: str, model_hash: str, fov_margin: float):
     """Preprocessed rows -> pseudo-label rows (lazy: nothing runs until the dataset is written)."""
-    import ray
-
     p = cfg.pseudo_labels
-    return ds.map_batches(
-        PseudoLabeler,
-        batch_format="pyarrow",
-        batch_size=p.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=p.actors),
-        num_gpus=p.gpus_per_actor,
-        num_cpus=p.cpus_per_actor,
-        fn_constructor_kwargs={"model_dir": p.model_dir, "cfg": p, "cfg_hash": cfg_hash, "fov_margin": fov_margin,
-                               "use_gpu": p.gpus_per_actor > 0, "amp_bf16": p.amp_bf16,
-                               "threads": int(p.cpus_per_actor), "model_hash": model_hash},
-    )
+    return map_model_actor(ds, PseudoLabeler, p, model_hash=model_hash, cfg=p, cfg_hash=cfg_hash,
+                           fov_margin=fov_margin)
 
 
 def run_pseudo_labels(cfg: Config) -> StageSummary:

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -210,3 +212,36 @@ def total_cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def training_dir(cfg, name: str, stage: str) -> Path:
+    """``<output.dir>/<name>`` for a training stage (created, with the resolved config saved); training writes
+    a local model directory, so ``output.dir`` must be a local (or mounted shared) path."""
+    from dr_ray.config import dump_yaml
+
+    if fs.is_uri(cfg.output.dir):
+        raise ValueError(f"output.dir={cfg.output.dir!r}: {stage} writes a local model directory; "
+                         f"use a local (or mounted shared) path")
+    out = Path(stage_dir(cfg.output.dir, name))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    return out
+
+
+def export_latest_checkpoint(result, model_dir: Path, *, build: Callable, config: dict, data_hash: str):
+    """A Ray Train result's latest checkpoint -> saved model directory ``model_dir``; returns (model, history).
+
+    ``build()`` makes the architecture (without pretrained weights: they come from the checkpoint).
+    """
+    from dr_ray.models import save_model_dir
+    from dr_ray.training.loops import load_training_state
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {result.path} finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state, history = load_training_state(d)
+    model = build()
+    model.load_state_dict(state["model"])
+    save_model_dir(model, model_dir, config=config, train_data_hash=data_hash,
+                   extra={"epoch": int(state["epoch"]), "metrics": history[-1] if history else {}}, overwrite=True)
+    return model, history

@@ -16,11 +16,10 @@ import dataclasses
 import json
 import logging
 import os
-from pathlib import Path
 
-from dr_ray.config import Config, dump_yaml, to_dict
+from dr_ray.config import Config, to_dict
 from dr_ray.io import fs
-from dr_ray.pipelines.runtime import init_ray, stage_dir
+from dr_ray.pipelines.runtime import export_latest_checkpoint, init_ray, training_dir
 from dr_ray.training.lesion_data import (
     LesionRecord,
     lesion_data_hash,
@@ -28,7 +27,6 @@ from dr_ray.training.lesion_data import (
     split_by_patient,
     synthetic_lesion_records,
 )
-from dr_ray.training.loops import load_training_state
 
 log = logging.getLogger(__name__)
 
@@ -56,42 +54,25 @@ def lesion_records(cfg: Config) -> list[LesionRecord]:
     return records
 
 
-def export_lesion_model(checkpoint_dir: str | Path, cfg: Config, out: Path, *, data_hash: str) -> list[dict]:
-    """Training state -> ``out/model`` (saved model directory) and ``out/encoder`` (encoder weights for transfer)."""
-    from dr_ray.models import artifact_hash, save_model_dir
-    from dr_ray.models.transfer import save_encoder
-    from dr_ray.training.ray_train import build_lesion_model
-
-    state, history = load_training_state(checkpoint_dir)
-    model = build_lesion_model(dataclasses.replace(cfg.train_lesions, pretrained=False))
-    model.load_state_dict(state["model"])
-    save_model_dir(model, out / "model", config=to_dict(cfg), train_data_hash=data_hash,
-                   extra={"epoch": int(state["epoch"]), "metrics": history[-1] if history else {}}, overwrite=True)
-    save_encoder(model, out / "encoder.pt", source_model_hash=artifact_hash(out / "model"), overwrite=True)
-    return history
-
-
 def run_train_lesions(cfg: Config) -> dict:
     """Train (or resume) the lesion model; returns {"final", "history", "model_dir", "encoder_path", ...}."""
-    from dr_ray.training.ray_train import fit_lesions
+    from dr_ray.models import artifact_hash
+    from dr_ray.models.transfer import save_encoder
+    from dr_ray.training.ray_train import build_lesion_model, fit_lesions
 
     tl = cfg.train_lesions
-    if fs.is_uri(cfg.output.dir):
-        raise ValueError(f"output.dir={cfg.output.dir!r}: train-lesions writes a local model directory; "
-                         f"use a local (or mounted shared) path")
-    out = Path(stage_dir(cfg.output.dir, tl.name))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_yaml(cfg))
+    out = training_dir(cfg, tl.name, "train-lesions")
     records = lesion_records(cfg)
     train, val = split_by_patient(records, val_fraction=tl.val_fraction, seed=tl.seed)
     data_hash = lesion_data_hash(train)
     log.info("train-lesions: %d training, %d validation images", len(train), len(val))
     init_ray(cfg.ray)
     result = fit_lesions(tl, train, val, storage_path=str(out / "ray"), name=RAY_RUN_NAME)
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {out / 'ray' / RAY_RUN_NAME} finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        history = export_lesion_model(d, cfg, out, data_hash=data_hash)
+    model, history = export_latest_checkpoint(
+        result, out / "model", build=lambda: build_lesion_model(dataclasses.replace(tl, pretrained=False)),
+        config=to_dict(cfg), data_hash=data_hash)
+    # the encoder alone, for a classifier's lesion branch (the poster's Table 2 transfer)
+    save_encoder(model, out / "encoder.pt", source_model_hash=artifact_hash(out / "model"), overwrite=True)
     summary = {"final": history[-1], "history": history, "train_images": [r.image_id for r in train],
                "val_images": [r.image_id for r in val], "train_data_hash": data_hash,
                "model_dir": str(out / "model"), "encoder_path": str(out / "encoder.pt"),
@@ -101,4 +82,4 @@ def run_train_lesions(cfg: Config) -> dict:
     return summary
 
 
-__all__ = ["export_lesion_model", "lesion_records", "run_train_lesions"]
+__all__ = ["lesion_records", "run_train_lesions"]

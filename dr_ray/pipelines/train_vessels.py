@@ -13,13 +13,11 @@ import dataclasses
 import json
 import logging
 import os
-from pathlib import Path
 
-from dr_ray.config import Config, dump_yaml, to_dict
+from dr_ray.config import Config, to_dict
 from dr_ray.io import fs
-from dr_ray.pipelines.runtime import init_ray, stage_dir
+from dr_ray.pipelines.runtime import export_latest_checkpoint, init_ray, training_dir
 from dr_ray.training.data import VesselRecord, split_by_patient, train_data_hash
-from dr_ray.training.loops import load_training_state
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +54,12 @@ def vessel_records(cfg: Config) -> tuple[list[VesselRecord], list[str]]:
     return records, skipped
 
 
-def export_model(checkpoint_dir: str | Path, cfg: Config, model_dir: str | Path, *, data_hash: str) -> list[dict]:
-    """Training state in ``checkpoint_dir`` -> a saved model directory; returns the epoch history."""
-    from dr_ray.models import save_model_dir
-    from dr_ray.training.ray_train import build_model
-
-    state, history = load_training_state(checkpoint_dir)
-    model = build_model(dataclasses.replace(cfg.train_vessels, pretrained=False))  # weights come from state
-    model.load_state_dict(state["model"])
-    save_model_dir(model, model_dir, config=to_dict(cfg), train_data_hash=data_hash,
-                   extra={"epoch": int(state["epoch"]), "metrics": history[-1] if history else {}}, overwrite=True)
-    return history
-
-
 def run_train_vessels(cfg: Config) -> dict:
     """Train (or resume) the vessel model; returns {"final": last epoch's metrics, "history", "model_dir", ...}."""
-    from dr_ray.training.ray_train import fit
+    from dr_ray.training.ray_train import build_model, fit
 
     tv = cfg.train_vessels
-    if fs.is_uri(cfg.output.dir):
-        raise ValueError(f"output.dir={cfg.output.dir!r}: train-vessels writes a local model directory; "
-                         f"use a local (or mounted shared) path")
-    out = Path(stage_dir(cfg.output.dir, tv.name))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_yaml(cfg))
+    out = training_dir(cfg, tv.name, "train-vessels")
     records, skipped = vessel_records(cfg)
     train, val = split_by_patient(records, val_fraction=tv.val_fraction, seed=tv.seed)
     data_hash = train_data_hash(train)
@@ -87,11 +67,10 @@ def run_train_vessels(cfg: Config) -> dict:
              len(skipped))
     init_ray(cfg.ray)
     result = fit(tv, train, val, storage_path=str(out / "ray"), name=RAY_RUN_NAME)
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {out / 'ray' / RAY_RUN_NAME} finished without a checkpoint")
     model_dir = out / "model"
-    with result.checkpoint.as_directory() as d:
-        history = export_model(d, cfg, model_dir, data_hash=data_hash)
+    _, history = export_latest_checkpoint(
+        result, model_dir, build=lambda: build_model(dataclasses.replace(tv, pretrained=False)), config=to_dict(cfg),
+        data_hash=data_hash)
     summary = {
         "final": history[-1],
         "history": history,
@@ -107,4 +86,4 @@ def run_train_vessels(cfg: Config) -> dict:
     return summary
 
 
-__all__ = ["export_model", "run_train_vessels", "vessel_records"]
+__all__ = ["run_train_vessels", "vessel_records"]

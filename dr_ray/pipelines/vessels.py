@@ -28,6 +28,7 @@ from dr_ray.pipelines.inference import (
     INPUT_COLUMNS,
     ModelActor,
     check_model_dir,
+    map_model_actor,
     preprocess_fov_margin,
     run_model_stage,
 )
@@ -159,20 +160,8 @@ def analyse_batch(batch: pa.Table, *, cfg: VesselsConfig, cfg_hash: str, fov_mar
 
 def build_vessels_pipeline(ds, cfg: Config, *, cfg_hash: str, model_hash: str, fov_margin: float):
     """Preprocessed rows -> vessel rows (lazy: nothing runs until the dataset is written)."""
-    import ray
-
     v = cfg.vessels
-    ds = ds.map_batches(
-        VesselSegmenter,
-        batch_format="pyarrow",
-        batch_size=v.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=v.actors),
-        num_gpus=v.gpus_per_actor,
-        num_cpus=v.cpus_per_actor,
-        fn_constructor_kwargs={"model_dir": v.model_dir, "input_size": v.input_size,
-                               "use_gpu": v.gpus_per_actor > 0, "amp_bf16": v.amp_bf16,
-                               "threads": int(v.cpus_per_actor), "model_hash": model_hash},
-    )
+    ds = map_model_actor(ds, VesselSegmenter, v, model_hash=model_hash, input_size=v.input_size)
     return ds.map_batches(
         analyse_batch,
         batch_format="pyarrow",

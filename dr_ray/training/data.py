@@ -222,6 +222,18 @@ def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def patch_counts(n_images: int, *, patches_per_image: int, num_patches: int | None,
+                 rng: np.random.Generator) -> list[int]:
+    """Patches to draw from each of ``n_images`` images in one epoch: ``patches_per_image`` each, or, when
+    ``num_patches`` is given, exactly that many from images drawn round-robin in a random order (DDP workers
+    need equal step counts even when their image shards differ in size)."""
+    if num_patches is None:
+        return [patches_per_image] * n_images
+    if num_patches < 1:
+        raise ValueError(f"num_patches must be >= 1, got {num_patches!r}")
+    return np.bincount(rng.permutation(n_images)[np.arange(num_patches) % n_images], minlength=n_images).tolist()
+
+
 def patch_batches(images: Sequence[VesselImage], *, patch: int, patches_per_image: int, batch_size: int,
                   mean: Sequence[float], std: Sequence[float], rng: np.random.Generator,
                   fov_bias: float = 0.9, augment_patches: bool = True,
@@ -236,13 +248,7 @@ def patch_batches(images: Sequence[VesselImage], *, patch: int, patches_per_imag
     if not images:
         raise ValueError("images: empty; nothing to train on")
     padded = [pad_to_at_least(im, patch) for im in images]
-    if num_patches is None:
-        counts = [patches_per_image] * len(padded)
-    else:
-        if num_patches < 1:
-            raise ValueError(f"num_patches must be >= 1, got {num_patches!r}")
-        counts = np.bincount(rng.permutation(len(padded))[np.arange(num_patches) % len(padded)],
-                             minlength=len(padded)).tolist()
+    counts = patch_counts(len(padded), patches_per_image=patches_per_image, num_patches=num_patches, rng=rng)
     jobs = [(i, o) for i, (im, n) in enumerate(zip(padded, counts))
             for o in sample_patch_origins(im.fov, n, patch, rng, fov_bias=fov_bias)]
     order = rng.permutation(len(jobs))

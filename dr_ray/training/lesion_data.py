@@ -26,7 +26,7 @@ from PIL import Image
 
 from dr_ray.io import columns as C
 from dr_ray.io import fs
-from dr_ray.training.data import augment, normalise, split_by_patient
+from dr_ray.training.data import augment, normalise, patch_counts, split_by_patient
 
 log = logging.getLogger(__name__)
 
@@ -382,13 +382,7 @@ def lesion_patch_batches(images: Sequence[LesionImage], *, patch: int, patches_p
         if im.kinds != kinds:
             raise ValueError(f"images: {im.image_id} has kinds {im.kinds}, {images[0].image_id} has {kinds}")
     padded = [_pad(im, patch) for im in images]
-    if num_patches is None:
-        counts = [patches_per_image] * len(padded)
-    else:
-        if num_patches < 1:
-            raise ValueError(f"num_patches must be >= 1, got {num_patches!r}")
-        counts = np.bincount(rng.permutation(len(padded))[np.arange(num_patches) % len(padded)],
-                             minlength=len(padded)).tolist()
+    counts = patch_counts(len(padded), patches_per_image=patches_per_image, num_patches=num_patches, rng=rng)
     jobs = [(i, o) for i, (im, n) in enumerate(zip(padded, counts))
             for o in sample_lesion_patch_origins(im.masks, im.fov, n, patch, rng, lesion_fraction=lesion_fraction)]
     order = rng.permutation(len(jobs))

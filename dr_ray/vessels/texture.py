@@ -16,6 +16,15 @@ from skimage.feature import graycomatrix, graycoprops
 GLCM_PROPS = ("contrast", "correlation", "energy", "homogeneity", "entropy")
 
 
+
+def _check_glcm_args(levels: int, distances: Sequence[int], angles: Sequence[float]) -> None:
+    if not 2 <= int(levels) <= 256:
+        raise ValueError(f"levels must be in [2, 256], got {levels}")
+    if len(distances) == 0 or min(distances) < 1:
+        raise ValueError(f"distances must be a non-empty sequence of ints >= 1, got {distances}")
+    if len(angles) == 0:
+        raise ValueError("angles must be a non-empty sequence of radians")
+
 def glcm_features(gray: np.ndarray, mask: np.ndarray | None = None, *, distances: Sequence[int] = (1,),
                   angles: Sequence[float] = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4),
                   levels: int = 32) -> dict[str, float]:
@@ -41,12 +50,7 @@ def glcm_features(gray: np.ndarray, mask: np.ndarray | None = None, *, distances
     gray = np.asarray(gray)
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"gray must be a (H, W) uint8 array, got shape {gray.shape} dtype {gray.dtype}")
-    if not 2 <= int(levels) <= 256:
-        raise ValueError(f"levels must be in [2, 256], got {levels}")
-    if len(distances) == 0 or min(distances) < 1:
-        raise ValueError(f"distances must be a non-empty sequence of ints >= 1, got {distances}")
-    if len(angles) == 0:
-        raise ValueError("angles must be a non-empty sequence of radians")
+    _check_glcm_args(levels, distances, angles)
     levels = int(levels)
     g = gray.astype(np.int32)
     if mask is None:
@@ -118,12 +122,7 @@ def glcm_patch_features(gray: np.ndarray, centers_rc: np.ndarray, patch_px: int,
         raise ValueError(f"centers_rc must lie inside the {gray.shape} image")
     if patch_px < 3 or patch_px % 2 == 0:
         raise ValueError(f"patch_px must be an odd int >= 3, got {patch_px}")
-    if not 2 <= int(levels) <= 256:
-        raise ValueError(f"levels must be in [2, 256], got {levels}")
-    if len(distances) == 0 or min(distances) < 1:
-        raise ValueError(f"distances must be a non-empty sequence of ints >= 1, got {distances}")
-    if len(angles) == 0:
-        raise ValueError("angles must be a non-empty sequence of radians")
+    _check_glcm_args(levels, distances, angles)
     levels = int(levels)
     n = len(centers)
     out = {k: np.full(n, np.nan) for k in GLCM_PROPS}
