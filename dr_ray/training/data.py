@@ -34,7 +34,7 @@ class VesselRecord:
     path: str = ""  # RGB image (local path or URI); "" for synthetic
     vessel_mask_path: str = ""  # binary vessel mask; "" = use av_mask_path > 0
     av_mask_path: str = ""  # 0 background, 1 artery, 2 vein, 3 crossing
-    fov_mask_path: str = ""  # "" = the whole frame counts as FOV
+    fov_mask_path: str = ""  # "" = derived from the image (dr_ray.imaging.fov.fov_mask): CHASE_DB1, STARE
     synthetic_seed: int = -1  # >= 0: draw dr_ray.testing.make_fundus(seed, size, size, lesions=False)
     synthetic_size: int = 0
 
@@ -107,8 +107,12 @@ def load_vessel_image(rec: VesselRecord, *, scale: float = 1.0, input_mode: str 
             mask = av > 0
         else:
             raise ValueError(f"{rec.image_id}: neither vessel_mask_path nor av_mask_path is set")
-        fov = (_binary(_decode(rec.fov_mask_path, "L"), "fov_mask_path", rec.fov_mask_path)
-               if rec.fov_mask_path else np.ones(image.shape[:2], bool))
+        if rec.fov_mask_path:
+            fov = _binary(_decode(rec.fov_mask_path, "L"), "fov_mask_path", rec.fov_mask_path)
+        else:  # datasets without FOV masks: the preprocess stage's detector (red channel above its threshold)
+            from dr_ray.imaging.fov import fov_mask
+
+            fov = fov_mask(image)
     for name, m in (("vessel mask", mask), ("FOV mask", fov)):
         if m.shape != image.shape[:2]:
             raise ValueError(f"{rec.image_id}: {name} shape {m.shape} differs from the image's {image.shape[:2]}")

@@ -439,9 +439,9 @@ def test_drive_fixture_test_split_and_missing_mask(tmp_path: Path):
 
 
 def test_read_catalog_unknown_dataset(tmp_path: Path):
-    with pytest.raises(ValueError, match="unknown dataset 'stare'; known: eyepacs, aptos, messidor2, idrid, "
-                                         "fgadr, drive, hrf_av, les_av"):
-        read_catalog("stare", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown dataset 'chase'; known: eyepacs, aptos, messidor2, idrid, "
+                                         "fgadr, drive, hrf_av, les_av, chase_db1, stare"):
+        read_catalog("chase", str(tmp_path))
     with pytest.raises(ValueError, match="labels must be empty"):
         read_catalog("les_av", str(tmp_path), labels="x.csv")
 

@@ -24,7 +24,7 @@ from dr_ray.io.catalog.parquet import (
     validate_catalog,
     write_catalog,
 )
-from dr_ray.io.catalog.vessels import read_drive, read_hrf_av, read_les_av
+from dr_ray.io.catalog.vessels import read_chase_db1, read_drive, read_hrf_av, read_les_av, read_stare
 from dr_ray.io.folds import assign_folds  # re-exported: catalog users fill folds right after reading
 
 READERS: dict[str, Callable[..., CatalogResult]] = {
@@ -36,6 +36,8 @@ READERS: dict[str, Callable[..., CatalogResult]] = {
     "drive": read_drive,
     "hrf_av": read_hrf_av,
     "les_av": read_les_av,
+    "chase_db1": read_chase_db1,
+    "stare": read_stare,
 }
 
 
@@ -66,6 +68,7 @@ __all__ = [
     "read_aptos",
     "read_catalog",
     "read_catalog_parquet",
+    "read_chase_db1",
     "read_drive",
     "read_eyepacs",
     "read_fgadr",
@@ -73,6 +76,7 @@ __all__ = [
     "read_idrid",
     "read_les_av",
     "read_messidor2",
+    "read_stare",
     "validate_catalog",
     "write_catalog",
 ]

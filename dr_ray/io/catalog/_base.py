@@ -22,8 +22,8 @@ from dr_ray.io import fs
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpeg", ".jpg", ".bmp")  # preference order: lossless first
-MASK_EXTENSIONS = (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpeg", ".jpg", ".bmp", ".ppm")  # preference order: lossless first
+MASK_EXTENSIONS = (".png", ".gif", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg", ".ppm")  # .ppm: STARE
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,21 @@
-"""Readers for the vessel / artery-vein datasets: DRIVE (+ RITE A/V labels), HRF-AV, LES-AV.
+"""Readers for the vessel / artery-vein datasets: DRIVE (+ RITE A/V labels), HRF-AV, LES-AV, CHASE_DB1, STARE.
 
-Rows come from the image folder; no grades (null). Each image is its own patient, eye null. An image
+Rows come from the image folder; no grades (null). Each image is its own patient, eye null (CHASE_DB1: the child,
+left/right). An image
 whose expected mask file is missing keeps a null path for it and is reported (line 0, file = the
 mask folder); an absent optional label folder (e.g. no DRIVE_AV) just leaves the column null.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 from dr_ray.io import columns as C
 from dr_ray.io import fs
 from dr_ray.io.catalog._base import (
+    IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
     CatalogResult,
     Collector,
@@ -186,3 +189,87 @@ def read_les_av(root: str, labels: str = "") -> CatalogResult:
         _Mask(C.VESSEL_MASK_PATH, fs.join(base, "2nd_manual"), lambda s: s, "vessel mask", required=True),
         _Mask(C.FOV_MASK_PATH, fs.join(base, "mask"), lambda s: f"{s}_mask", "FOV mask", required=True),
     ])
+
+
+# --- CHASE_DB1 / STARE ----------------------------------------------------------------------------
+
+_CHASE_NAME = re.compile(r"^Image_(\d+)([LR])$", re.IGNORECASE)
+
+
+def read_chase_db1(root: str, labels: str = "") -> CatalogResult:
+    """CHASE_DB1 (Fraz et al. 2012; Child Heart And Health Study in England): 28 images of 14 children, both eyes.
+
+    Layout (one flat folder, as distributed)::
+
+        root/Image_01L.jpg  Image_01R.jpg ...          999 x 960 px
+        root/Image_01L_1stHO.png                       -> vessel_mask_path (first observer, binary)
+        root/Image_01L_2ndHO.png                       (second observer: not used)
+
+    ``patient_id`` is the child (``chase_db1/01``), ``eye`` "left" (L) / "right" (R), so both eyes of a child stay
+    in one fold. There are no FOV masks: fov_mask_path is null and training derives the FOV from the image
+    (:func:`dr_ray.imaging.fov.fov_mask`). A file that is neither an image nor a known mask is ignored; an image
+    without its ``_1stHO`` mask is reported.
+    """
+    dataset = "chase_db1"
+    root = require_root(dataset, root)
+    _no_labels(dataset, labels)
+    index = FolderIndex(root, IMAGE_EXTENSIONS)
+    masks = FolderIndex(root, MASK_EXTENSIONS)
+    out = Collector(dataset)
+    for image in index.images(out.problems):
+        native = stem(image)
+        m = _CHASE_NAME.match(native)
+        if m is None:  # the observers' masks (Image_01L_1stHO.png) and anything else
+            continue
+        child, eye = m.group(1), "left" if m.group(2).upper() == "L" else "right"
+        mask = masks.find_stem(f"{native}_1stHO")
+        if mask is None:
+            out.problem(root, 0, f"no vessel mask for {native}: expected {native}_1stHO.*")
+        out.rows.append(new_row(dataset, native, image, patient=child, eye=eye,
+                                **{C.VESSEL_MASK_PATH: mask}))
+    if not out.rows:
+        raise FileNotFoundError(f"{dataset}: no Image_NN[LR] images under {root}")
+    return _result(out, root)
+
+
+def read_stare(root: str, labels: str = "") -> CatalogResult:
+    """STARE (Hoover et al. 2000): 20 fundus images with manual vessel segmentations by two observers.
+
+    Layout (the distributed archives, unpacked and gunzipped)::
+
+        root/stare-images/im0001.ppm ...     (or root/images/)      605 x 700 px
+        root/labels-ah/im0001.ah.ppm         -> vessel_mask_path (Adam Hoover, the usual ground truth)
+        root/labels-vk/im0001.vk.ppm         (Valentina Kouznetsova: not used)
+
+    Each image is its own patient (STARE gives no pairing). No FOV masks: training derives the FOV from the
+    image. Images without an ``.ah`` label (STARE has 400 images, 20 labelled) are left out of the catalog and
+    counted in one problem line, since they cannot train a vessel model. Still-gzipped ``.ppm.gz`` files are
+    reported: gunzip them first.
+    """
+    dataset = "stare"
+    root = require_root(dataset, root)
+    _no_labels(dataset, labels)
+    images_dir = first_dir(root, ("stare-images", "images"))
+    if images_dir is None:
+        raise FileNotFoundError(f"{dataset}: no stare-images/ (or images/) folder under {root}")
+    labels_dir = first_dir(root, ("labels-ah",))
+    if labels_dir is None:
+        raise FileNotFoundError(f"{dataset}: no labels-ah/ folder under {root}")
+    gz = [f for f in fs.list_files(images_dir) + fs.list_files(labels_dir) if f.lower().endswith(".gz")]
+    out = Collector(dataset)
+    if gz:
+        out.problem(images_dir, 0, f"{len(gz)} files are still gzipped (e.g. {gz[0]}): gunzip them")
+    masks = FolderIndex(labels_dir, MASK_EXTENSIONS)
+    unlabelled = 0
+    for image in FolderIndex(images_dir).images(out.problems):
+        native = stem(image)
+        mask = masks.find_stem(f"{native}.ah")
+        if mask is None:
+            unlabelled += 1
+            continue
+        out.rows.append(new_row(dataset, native, image, **{C.VESSEL_MASK_PATH: mask}))
+    if unlabelled:
+        out.problem(labels_dir, 0, f"{unlabelled} images have no {labels_dir}/<image>.ah.* label: left out")
+    if not out.rows:
+        raise FileNotFoundError(f"{dataset}: no labelled images under {images_dir}")
+    return _result(out, root)
