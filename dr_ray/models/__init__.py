@@ -9,9 +9,10 @@
 from dr_ray.models.registry import ModelSpec, create_model, list_models, register_model
 from dr_ray.models import unet as _unet  # noqa: F401  (registers "unet", "vessel_unet")
 from dr_ray.models import swin_unet as _swin_unet  # noqa: F401  (registers "swin_unet", "lesion_unet")
+from dr_ray.models import classifiers as _classifiers  # noqa: F401  (registers the DR classifiers)
 from dr_ray.models.unet import TimmUNet
 from dr_ray.models.swin_unet import DEFAULT_LESION_KINDS, SwinUNet
-from dr_ray.models.artifacts import artifact_hash, load_model_dir, save_model_dir
+from dr_ray.models.artifacts import artifact_hash, load_model_dir, read_metadata, save_model_dir
 from dr_ray.models.transfer import (
     EncoderLoadReport,
     build_encoder,
@@ -37,6 +38,7 @@ __all__ = [
     "load_encoder",
     "load_encoder_file",
     "load_model_dir",
+    "read_metadata",
     "register_model",
     "save_encoder",
     "save_model_dir",

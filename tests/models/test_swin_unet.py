@@ -20,15 +20,6 @@ UNET_SMALL = dict(input_size=64, decoder_channels=(32, 16, 16, 8, 8))
 BUILDS = [("swin_unet", SWIN_SMALL), ("lesion_unet", UNET_SMALL)]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    # one thread: on a shared 2-core box, 2 OpenMP threads competing with other processes run ~50x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_swin_input_size_rule():
     for size, window in ((224, 7), (448, 7), (672, 7), (256, 8), (512, 8), (64, 4), (128, 4)):
         check_swin_input_size(size, window)

@@ -24,15 +24,6 @@ SWIN_SMALL = dict(input_size=64, window_size=4, decoder_channels=(32, 16, 16, 8,
 UNET_SMALL = dict(input_size=64, decoder_channels=(32, 16, 16, 8, 8))
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    # one thread: on a shared 2-core box, 2 OpenMP threads competing with other processes run ~50x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _trained_like(name: str, kw: dict) -> torch.nn.Module:
     """A model whose encoder differs from any fresh init (weights perturbed, BN statistics updated)."""
     torch.manual_seed(0)

@@ -1,0 +1,128 @@
+"""PNG figures decode to real pictures; the HTML report is complete, escaped and self-contained."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from dr_ray.report import (
+    Report,
+    calibration_png,
+    confusion_matrix_png,
+    histogram_png,
+    image_grid_png,
+    pr_curve_png,
+    roc_curve_png,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+RNG = np.random.default_rng(0)
+Y = np.array([0] * 20 + [1] * 20)
+S1 = np.clip(Y * 0.3 + RNG.uniform(0, 0.7, 40), 0, 1)
+S2 = RNG.uniform(0, 1, 40)
+
+
+def _decode(png: bytes) -> np.ndarray:
+    assert isinstance(png, bytes) and png.startswith(PNG)
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+    # non-trivial content: many colours, not a blank canvas
+    assert img.std() > 5
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 20
+    return img
+
+
+def test_roc_and_pr_curves():
+    _decode(roc_curve_png({"fold 0": (Y, S1), "fold 1": (Y, S2)}, "ROC <referable>"))
+    _decode(pr_curve_png({"model": (Y, S1), "baseline": (Y[:30], S2[:30])}, "PR"))
+    with pytest.raises(ValueError, match=r"curves\['one'\]"):
+        roc_curve_png({"one": (np.zeros(5, int), np.linspace(0, 1, 5))})
+    with pytest.raises(ValueError, match="curves"):
+        pr_curve_png({})
+
+
+def test_confusion_matrix_normalised_and_counts_differ():
+    y = RNG.integers(0, 5, 100)
+    p = np.where(RNG.uniform(size=100) < 0.6, y, RNG.integers(0, 5, 100))
+    names = ["none", "mild", "moderate", "severe", "PDR"]
+    a = _decode(confusion_matrix_png(y, p, names, "ICDR", normalize=True))
+    b = _decode(confusion_matrix_png(y, p, names, "ICDR", normalize=False))
+    assert a.shape != b.shape or not np.array_equal(a, b)
+    with pytest.raises(ValueError, match="preds"):
+        confusion_matrix_png(y, np.full(100, 5), names)
+    with pytest.raises(ValueError, match="class_names"):
+        confusion_matrix_png(y, p, "abc")
+
+
+def test_calibration_histogram_and_grid():
+    probs = RNG.dirichlet(np.ones(5), 200)
+    _decode(calibration_png(RNG.integers(0, 5, 200), probs, 10, "Calibration"))
+    _decode(histogram_png(RNG.gamma(2, 0.3, 300), 25, "Predictive entropy", "nats", {"ln 5": math.log(5)}))
+    tiles = [RNG.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(5)]
+    _decode(image_grid_png(tiles, [f"case {i}" for i in range(5)], ncols=3))
+    with pytest.raises(ValueError, match=r"images\[1\]"):
+        image_grid_png([tiles[0], tiles[1].astype(np.float32)], ["a", "b"])
+    with pytest.raises(ValueError, match="captions"):
+        image_grid_png(tiles, ["only one"])
+    with pytest.raises(ValueError, match="values"):
+        histogram_png(np.array([1.0, np.inf]))
+    with pytest.raises(ValueError, match="probs"):
+        calibration_png(np.array([0, 1]), np.array([[0.5, 0.6], [0.2, 0.8]]))
+
+
+def test_report_is_complete_escaped_and_self_contained(tmp_path):
+    png_a = histogram_png(RNG.normal(size=50), 10, "a")
+    png_b = roc_curve_png({"m": (Y, S1)})
+    rep = Report("DR grading <fold 0>")
+    rep.add_heading("Metrics & calibration", level=2)
+    rep.add_text("Referable DR = grade >= 2.\n\nSecond paragraph, see https://example.org")
+    rep.add_table([{"fold": 0, "auc": 0.91234, "qwk": math.nan}, {"fold": 1, "auc": 0.875, "note": "<b>x</b>"}])
+    rep.add_key_values({"threshold": 0.5, "model": "resnet50 'tf'"})
+    rep.add_image(png_a, caption="<script>alert(1)</script>", width=400)
+    rep.add_image(png_b, caption="ROC")
+    html_text = rep.to_html()
+
+    assert html_text.startswith("<!DOCTYPE html>") and html_text.rstrip().endswith("</html>")
+    assert "<title>DR grading &lt;fold 0&gt;</title>" in html_text
+    assert "<h2>Metrics &amp; calibration</h2>" in html_text
+    assert "<p>Referable DR = grade &gt;= 2.</p>" in html_text
+    for cell in ("<td>0</td>", "<td>0.912</td>", "<td>n/a</td>", "<td>0.875</td>", "<td>&lt;b&gt;x&lt;/b&gt;</td>",
+                 "<th>note</th>", "<th>threshold</th>", "<td>0.500</td>", "<td>resnet50 &#x27;tf&#x27;</td>"):
+        assert cell in html_text, cell
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "<figcaption>ROC</figcaption>" in html_text and 'style="width:400px"' in html_text
+    assert "<script" not in html_text.lower()
+    assert "https://" not in html_text.replace("see https://example.org", "")  # only the escaped user text
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)
+    assert [base64.b64decode(s) for s in images] == [png_a, png_b]
+
+    out = rep.write(tmp_path / "report.html")
+    assert out == tmp_path / "report.html"
+    assert out.read_text(encoding="utf-8") == html_text
+
+
+def test_report_without_user_urls_has_no_links():
+    rep = Report("r").add_heading("h", 3).add_table([{"a": 1.0}], floatfmt=".1f")
+    rep.add_image(histogram_png(np.arange(10.0)), "hist")
+    text = rep.to_html()
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    assert "<td>1.0</td>" in text and "<h3>h</h3>" in text
+
+
+def test_report_validates_inputs():
+    rep = Report("r")
+    with pytest.raises(ValueError, match="png_bytes"):
+        rep.add_image(b"GIF89a....", "x")
+    with pytest.raises(ValueError, match="level"):
+        rep.add_heading("x", level=7)
+    with pytest.raises(ValueError, match="floatfmt"):
+        rep.add_table([{"a": 1.0}], floatfmt="%d")
+    with pytest.raises(ValueError, match="rows"):
+        rep.add_table([1, 2])
+    with pytest.raises(ValueError, match="title"):
+        Report("")
