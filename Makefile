@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dr-ray preprocess --config configs/demo.yaml
+	$(BIN)/dr-ray demo --config configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -23,6 +23,20 @@ _DATA_SMOKE = (
     "data.synthetic.width=768",
     "data.synthetic.height=512",
 )
+_TRAIN_SMOKE = (
+    "train.image_size=64",
+    "train.lesion_size=32",
+    "train.hidden_dim=32",
+    "train.heads=2",
+    "train.fusion_layers=1",
+    "train.gnn_layers=1",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.folds=[0]",
+    "train.num_workers=1",
+    "train.use_gpu=false",
+    "train.name=train_smoke",
+)
 SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
     # a few synthetic images, small frames
     "preprocess": (*_DATA_SMOKE, "preprocess.size=256"),
@@ -64,7 +78,18 @@ SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
         "pseudo_labels.batch_size=4",
         "pseudo_labels.gpus_per_actor=0",
     ),
+    # a tiny GraphFusion at 64 px for 2 epochs on one fold, on CPU; its own run name
+    "train": _TRAIN_SMOKE,
+    # val_loss: defined on any fold (a smoke fold of 4 images may hold one class, where AUC is undefined)
+    "tune": (*_TRAIN_SMOKE, "tune.num_samples=2", "tune.max_concurrent=1", "tune.gpus_per_worker=0",
+             "tune.metric=val_loss", "tune.mode=min", "tune.max_epochs=1", "tune.name=tune_smoke"),
+    "evaluate": ("evaluate.run=train_smoke", "evaluate.mc_samples=3", "evaluate.gradcam_images=4",
+                 "evaluate.uncertain_cases=4", "evaluate.batch_size=8", "evaluate.gpus_per_actor=0"),
 }
+# the whole chain: every stage's smoke settings (the demo's stages read each other's outputs by these names)
+SMOKE_OVERRIDES["demo"] = tuple(dict.fromkeys(o for stage in ("preprocess", "train-vessels", "vessels", "train-lesions",
+                                                               "pseudo-labels", "train", "tune", "evaluate")
+                                              for o in SMOKE_OVERRIDES[stage]))
 
 
 def _print_stage(summary, what: str) -> int:
@@ -73,6 +98,10 @@ def _print_stage(summary, what: str) -> int:
     print(f"\n{what}: {summary.output}/status=ok/   quarantine: {summary.output}/quarantine.csv"
           f"   summary: {summary.output}/summary.json")
     return 0 if summary.reconciles else 1
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
 
 
 def _print_training(stage: str, summary: dict, *extra: str) -> int:
@@ -131,6 +160,63 @@ def _pseudo_labels(cfg: Config) -> int:
     return _print_stage(run_pseudo_labels(cfg), "lesion maps and statistics")
 
 
+def _train(cfg: Config) -> int:
+    from dr_ray.pipelines.train import run_train
+
+    s = run_train(cfg)
+    d = s["data"]
+    print(f"train {s['name']}: {s['model']} ({', '.join(s['modalities'])}), task {s['task']}; data "
+          f"{d['rows_in']} images = joined {d['written']} + quarantined {d['quarantined']}")
+    for f in s["folds"]:
+        print(f"  fold {f['fold']}: best epoch {f['best_epoch']}/{f['epochs_run']}, val AUC {_fmt(f.get('auc'))}, "
+              f"accuracy {_fmt(f.get('accuracy'))}, sensitivity {_fmt(f.get('sensitivity'))}, "
+              f"specificity {_fmt(f.get('specificity'))}, QWK {_fmt(f.get('qwk'))}")
+    for m in ("auc", "accuracy", "qwk"):
+        c = s["cv"].get(m)
+        if c:
+            print(f"  CV {m}: {_fmt(c['mean'])} (95% CI {_fmt(c['ci_low'])}..{_fmt(c['ci_high'])}, {c['n']} folds)")
+    if "comparison" in s:
+        r = s["comparison"]["metrics"].get("auc")
+        if r:
+            print(f"  vs {s['comparison']['baseline']}: AUC difference {_fmt(r['mean_diff'])}, paired t-test "
+                  f"p = {_fmt(r['p'])}")
+    print(f"  models: {s['output']}/fold_*/model   summary: {s['cv_path']}   tensorboard: {s['output']}/tensorboard")
+    return 0
+
+
+def _tune(cfg: Config) -> int:
+    from dr_ray.pipelines.tune import run_tune
+
+    s = run_tune(cfg)
+    metric = cfg.tune.metric
+    print(f"tune {s['name']}: {s['completed']}/{s['trials']} trials completed, best {metric} "
+          f"{_fmt(s['best'][metric])} with {s['best']['config']}")
+    print(f"  results: {s['results_csv']}   best config: {s['best_config_path']}   campaign: {s['campaign']}")
+    return 0
+
+
+def _evaluate(cfg: Config) -> int:
+    from dr_ray.pipelines.evaluate import run_evaluate
+
+    s = run_evaluate(cfg)
+    p = s["pooled"]
+    n = sum(c["rows_in"] for c in s["counts"])
+    q = sum(c["quarantined"] for c in s["counts"])
+    print(f"evaluate {s['run']}: {n} images = predicted {n - q} + quarantined {q}; pooled out-of-fold AUC "
+          f"{_fmt(p.get('auc'))}, accuracy {_fmt(p.get('accuracy'))}, ECE {_fmt(p.get('ece'))}")
+    print(f"  report: {s['report']}")
+    return 0
+
+
+def _demo(cfg: Config) -> int:
+    from dr_ray.pipelines.demo import run_demo
+
+    s = run_demo(cfg)
+    print("\n".join(s["lines"]))
+    print(f"\nreport: {s['report']}")
+    return 0
+
+
 STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
     "preprocess": ("decode, crop to the fundus, resize, CLAHE; write Parquet shards + quarantine", _preprocess),
     "catalog": ("read a dataset's labels into a catalog Parquet with patient-level folds", _catalog),
@@ -142,6 +228,14 @@ STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
                       "the encoder for transfer, and metrics", _train_lesions),
     "pseudo-labels": ("lesion maps for every preprocessed image (model actor pool): maps + per-lesion area and "
                       "component counts; write Parquet shards + quarantine", _pseudo_labels),
+    "train": ("train a DR classifier (baseline or fusion model) on Ray Train with patient-level K-fold CV from the "
+              "joined stage outputs; write fold models and cv.json", _train),
+    "tune": ("ASHA search over train settings on Ray Tune (one Ray Train run per trial); write the results "
+             "table and the best config as a training YAML", _tune),
+    "evaluate": ("out-of-fold predictions of a train run's fold models with MC-dropout uncertainty; write one "
+                 "self-contained HTML report", _evaluate),
+    "demo": ("the whole chain on the built-in sample: preprocess, vessels, pseudo labels, train, tune, evaluate",
+             _demo),
 }
 
 

@@ -33,6 +33,6 @@ def test_readme_two_commands_match_makefile_and_ci():
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["make demo", "make test"]
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^demo: .*\n\t\$\(BIN\)/dr-ray preprocess --config configs/demo.yaml$", makefile, re.M)
+    assert re.search(r"^demo: .*\n\t\$\(BIN\)/dr-ray demo --config configs/demo.yaml$", makefile, re.M)
     assert re.search(r"^test: .*\n\t\$\(BIN\)/python -m pytest", makefile, re.M)
     assert "make test" in (REPO / ".ci" / "run").read_text()

@@ -7,19 +7,23 @@ from dr_ray.config.schema import (
     Config,
     ConfigError,
     DataConfig,
+    EvaluateConfig,
     OutputConfig,
     PreprocessConfig,
     PseudoLabelsConfig,
     QualityConfig,
     RayConfig,
+    SearchDim,
     SyntheticConfig,
+    TrainConfig,
     TrainLesionsConfig,
     TrainVesselsConfig,
+    TuneConfig,
     VesselsConfig,
 )
 
 __all__ = [
-    "DATASETS", "ClaheConfig", "Config", "ConfigError", "DataConfig", "OutputConfig", "PreprocessConfig", "PseudoLabelsConfig",
-    "QualityConfig", "RayConfig", "SyntheticConfig", "TrainLesionsConfig", "TrainVesselsConfig", "VesselsConfig", "config_hash",
+    "DATASETS", "ClaheConfig", "Config", "ConfigError", "DataConfig", "EvaluateConfig", "OutputConfig", "PreprocessConfig", "PseudoLabelsConfig",
+    "QualityConfig", "RayConfig", "SearchDim", "SyntheticConfig", "TrainConfig", "TrainLesionsConfig", "TrainVesselsConfig", "TuneConfig", "VesselsConfig", "config_hash",
     "dump_yaml", "load_config", "parse_override", "to_dict",
 ]

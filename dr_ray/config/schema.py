@@ -6,10 +6,12 @@ key and the value, not deep inside a Ray task.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-DATASETS = ("eyepacs", "aptos", "messidor2", "idrid", "fgadr", "drive", "hrf_av", "les_av", "synthetic")
+DATASETS = ("eyepacs", "aptos", "messidor2", "idrid", "fgadr", "drive", "hrf_av", "les_av", "chase_db1", "stare",
+            "synthetic")
 
 
 class ConfigError(ValueError):
@@ -155,7 +157,7 @@ class OutputConfig:
         _check(bool(self.dir), "output.dir", self.dir, "must not be empty")
 
 
-VESSEL_DATASETS = ("drive", "hrf_av", "les_av")  # catalog readers with vessel (or A/V) masks
+VESSEL_DATASETS = ("drive", "hrf_av", "les_av", "chase_db1", "stare")  # catalog readers with vessel (or A/V) masks
 VESSEL_MODELS = ("vessel_unet",)
 VESSEL_INPUT_MODES = ("rgb", "green_clahe")  # = dr_ray.training.data.INPUT_MODES (config does not import training)
 
@@ -388,6 +390,238 @@ class PseudoLabelsConfig:
         _check(0.0 < self.cpus_per_actor <= 64, k + "cpus_per_actor", self.cpus_per_actor, "must be in (0, 64]")
 
 
+CLASSIFIER_MODELS = ("graph_fusion", "cross_feature_fusion", "dcat", "resnet50", "efficientnet_b0", "swin_t", "vit_b",
+                     "timm_classifier")  # dr_ray.models.classifiers
+MODALITIES = ("image", "lesion", "graph", "stats")
+TASKS = ("referable", "grade")  # referable DR (grade >= 2, 2 classes) | ICDR grade (5 classes)
+BIOMARKER_NAMES = (  # = dr_ray.io.columns.BIOMARKERS
+    "vessel_density", "fractal_dimension", "branch_points", "mean_tortuosity",
+    "glcm_contrast", "glcm_correlation", "glcm_energy", "glcm_homogeneity", "glcm_entropy",
+    "crae_parr_hubbard_um", "crve_parr_hubbard_um", "avr_parr_hubbard",
+    "crae_knudtson_um", "crve_knudtson_um", "avr_knudtson",
+)
+
+
+def _plain_name(value: str) -> bool:
+    return bool(value) and "/" not in value and value not in (".", "..")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``dr-ray train``: a DR classifier (baseline or fusion model) on Ray Train from the joined stage outputs.
+
+    Data: the preprocess stage's images joined by ``image_id`` with the pseudo-label stage's lesion maps and the
+    vessel stage's graphs and biomarkers (only the stages the model's modalities need), written once to
+    ``<output.dir>/fusion_data/<hash>/`` and streamed from there. Patient-level K-fold cross-validation over the
+    catalog's ``fold`` column: fold k is validated on, the others are trained on.
+    """
+
+    name: str = "train"  # sub-folder of output.dir; Ray Train run per fold: <name>/ray/fold_<k> (same name resumes)
+    task: str = "referable"  # referable (2 classes, grade >= 2) | grade (5 ICDR classes)
+    model: str = "graph_fusion"  # one of CLASSIFIER_MODELS (dr_ray.models.classifiers)
+    backbone: str = ""  # image backbone (timm name); "" = the model's default
+    pretrained: bool = False  # ImageNet backbone weights (needs the HF hub or its local cache on every node)
+    modalities: tuple[str, ...] = ()  # inputs the model uses (ablations); () = all the model supports
+    image_size: int = 512  # images are resized to this side (px) for the model
+    lesion_size: int = 128  # lesion maps are resized to this side (px)
+    hidden_dim: int = 256  # fusion width d (paper Table 3: 256)
+    heads: int = 4  # attention heads (paper Table 3: 4)
+    fusion_layers: int = 2  # transformer / cross-attention layers
+    gnn_layers: int = 3  # GCN layers (graph_fusion)
+    dropout: float = 0.1
+    image_encoder_init: str = ""  # encoder.pt of a train-lesions run: initialise the image branch (poster Table 2)
+    lesion_encoder_init: str = ""  # encoder.pt of a train-lesions run: initialise the lesion-map branch
+    stats_features: tuple[str, ...] = ("avr_knudtson", "fractal_dimension", "glcm_contrast", "glcm_entropy")  # eq. 28
+    epochs: int = 30
+    batch_size: int = 32  # per worker
+    lr: float = 1.0e-4  # Adam (paper 4.2)
+    weight_decay: float = 1.0e-5
+    plateau_patience: int = 2  # ReduceLROnPlateau on the validation loss
+    plateau_factor: float = 0.5
+    early_stop_patience: int = 5  # stop after this many epochs without a lower validation loss (0 = never)
+    class_balance: str = "weight"  # weight: inverse-frequency class weights in the loss | none
+    augment: bool = True  # random flips, 90-degree rotations and brightness/contrast jitter (training rows)
+    folds: tuple[int, ...] = ()  # folds to run (each validated on itself); () = every fold (K-fold CV)
+    baseline: str = ""  # another train run under output.dir (its name) for the paired test per metric
+    join: tuple[str, ...] = ()  # stages joined besides those the model needs (pseudo_labels, vessels): e.g. a
+    #                             baseline joined with [vessels] is trained and scored on the images graph_fusion sees
+    num_workers: int = 1  # Ray Train workers (DDP when > 1), one GPU each when use_gpu
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    amp_bf16: bool = True  # bf16 autocast + channels_last on GPU (ignored on CPU)
+    max_failures: int = 2  # a killed worker is replaced this often; the group resumes from the last checkpoint
+    decode_batch_size: int = 16  # rows per Ray Data decode/augment task call
+    decode_cpus: float = 1.0  # CPU slots per decode/augment task
+    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer (0 = no shuffling)
+    seed: int = 0
+    preprocess_input: str = ""  # preprocess stage folder; "" = <output.dir>/preprocess
+    pseudo_labels_input: str = ""  # pseudo-labels stage folder; "" = <output.dir>/pseudo_labels
+    vessels_input: str = ""  # vessels stage folder; "" = <output.dir>/vessels
+    mlflow_uri: str = ""  # MLflow tracking URI (e.g. file:///data/mlruns, http://mlflow:5000); "" = no MLflow
+    mlflow_experiment: str = "dr-ray"
+
+    @property
+    def num_classes(self) -> int:
+        return 2 if self.task == "referable" else 5
+
+    def __post_init__(self) -> None:
+        k = "train."
+        _check(_plain_name(self.name), k + "name", self.name, "must be a plain folder name")
+        _check(self.task in TASKS, k + "task", self.task, f"must be one of {', '.join(TASKS)}")
+        _check(self.model in CLASSIFIER_MODELS, k + "model", self.model,
+               f"must be one of {', '.join(CLASSIFIER_MODELS)}")
+        _check(self.model != "timm_classifier" or bool(self.backbone), k + "backbone", self.backbone,
+               "timm_classifier needs a timm backbone name")
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        _check(not bad and len(set(self.modalities)) == len(self.modalities), k + "modalities",
+               list(self.modalities), f"must be distinct entries of {', '.join(MODALITIES)}")
+        _check(32 <= self.image_size <= 4096, k + "image_size", self.image_size, "must be in 32..4096")
+        _check(8 <= self.lesion_size <= 4096, k + "lesion_size", self.lesion_size, "must be in 8..4096")
+        _check(1 <= self.heads <= 64 and 8 <= self.hidden_dim <= 8192 and self.hidden_dim % self.heads == 0,
+               k + "hidden_dim", self.hidden_dim, f"must be in 8..8192 and divisible by train.heads ({self.heads})")
+        _check(1 <= self.fusion_layers <= 48, k + "fusion_layers", self.fusion_layers, "must be in 1..48")
+        _check(1 <= self.gnn_layers <= 48, k + "gnn_layers", self.gnn_layers, "must be in 1..48")
+        _check(0.0 <= self.dropout < 1.0, k + "dropout", self.dropout, "must be in [0, 1)")
+        badf = [f for f in self.stats_features if f not in BIOMARKER_NAMES]
+        _check(bool(self.stats_features) and not badf and len(set(self.stats_features)) == len(self.stats_features),
+               k + "stats_features", list(self.stats_features),
+               f"must be distinct entries of {', '.join(BIOMARKER_NAMES)}")
+        _check(1 <= self.epochs <= 100_000, k + "epochs", self.epochs, "must be in 1..100000")
+        _check(1 <= self.batch_size <= 4096, k + "batch_size", self.batch_size, "must be in 1..4096")
+        _check(0.0 < self.lr < 1.0, k + "lr", self.lr, "must be in (0, 1)")
+        _check(0.0 <= self.weight_decay < 1.0, k + "weight_decay", self.weight_decay, "must be in [0, 1)")
+        _check(0 <= self.plateau_patience <= 1000, k + "plateau_patience", self.plateau_patience, "must be in 0..1000")
+        _check(0.0 < self.plateau_factor < 1.0, k + "plateau_factor", self.plateau_factor, "must be in (0, 1)")
+        _check(0 <= self.early_stop_patience <= 1000, k + "early_stop_patience", self.early_stop_patience,
+               "must be in 0..1000")
+        _check(self.class_balance in ("weight", "none"), k + "class_balance", self.class_balance,
+               "must be weight or none")
+        _check(all(0 <= f <= 99 for f in self.folds) and len(set(self.folds)) == len(self.folds), k + "folds",
+               list(self.folds), "must be distinct fold numbers in 0..99")
+        _check(not self.baseline or _plain_name(self.baseline), k + "baseline", self.baseline,
+               "must be the name of another train run under output.dir")
+        _check(self.baseline != self.name, k + "baseline", self.baseline, "must differ from train.name")
+        badj = [x for x in self.join if x not in ("pseudo_labels", "vessels")]
+        _check(not badj and len(set(self.join)) == len(self.join), k + "join", list(self.join),
+               "must be distinct entries of pseudo_labels, vessels")
+        _check(1 <= self.num_workers <= 1024, k + "num_workers", self.num_workers, "must be in 1..1024")
+        _check(0.0 < self.cpus_per_worker <= 64, k + "cpus_per_worker", self.cpus_per_worker, "must be in (0, 64]")
+        _check(0 <= self.max_failures <= 100, k + "max_failures", self.max_failures, "must be in 0..100")
+        _check(1 <= self.decode_batch_size <= 4096, k + "decode_batch_size", self.decode_batch_size,
+               "must be in 1..4096")
+        _check(0.0 < self.decode_cpus <= 64, k + "decode_cpus", self.decode_cpus, "must be in (0, 64]")
+        _check(0 <= self.shuffle_buffer <= 1_000_000, k + "shuffle_buffer", self.shuffle_buffer,
+               "must be in 0..1000000")
+
+
+SEARCH_KINDS = ("choice", "uniform", "loguniform", "randint")
+
+
+@dataclass(frozen=True)
+class SearchDim:
+    """One dimension of a Ray Tune search space over a ``train.*`` key.
+
+    kind: choice (``values``) | uniform / loguniform (float in [low, high]) | randint (int in [low, high)).
+    """
+
+    key: str = ""  # a train.* field, e.g. lr
+    kind: str = "choice"
+    low: float = 0.0
+    high: float = 0.0
+    values: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        k = f"tune.space[{self.key}]"
+        _check(self.kind in SEARCH_KINDS, k + ".kind", self.kind, f"must be one of {', '.join(SEARCH_KINDS)}")
+        if self.kind == "choice":
+            _check(len(self.values) >= 1, k + ".values", list(self.values), "a choice needs at least one value")
+        else:
+            _check(self.low < self.high, k + ".high", self.high, f"must be above low ({self.low})")
+            _check(self.kind != "loguniform" or self.low > 0, k + ".low", self.low, "loguniform needs low > 0")
+
+
+_TUNABLE = ("lr", "weight_decay", "hidden_dim", "heads", "fusion_layers", "gnn_layers", "dropout", "modalities",
+            "backbone", "batch_size", "plateau_patience", "plateau_factor", "class_balance", "augment", "model",
+            "image_size", "lesion_size", "stats_features")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``dr-ray tune``: an ASHA search over ``train.*`` settings, each trial one Ray Train run on ``fold``.
+
+    The trial's training is ``train`` with the sampled values replaced; a campaign rerun with the same ``name``
+    resumes (finished trials are kept, unfinished ones restart from their last checkpoint).
+    """
+
+    name: str = "tune"  # sub-folder of output.dir and Ray Tune experiment name (same name resumes)
+    num_samples: int = 8  # trials
+    max_concurrent: int = 1  # trials at a time; each needs train.num_workers workers (+ gpus_per_worker each)
+    gpus_per_worker: float = 0.0  # GPUs per Ray Train worker of a trial; fractions share a GPU (0.5: two trials)
+    fold: int = 0  # the fold trials validate on (the others train)
+    max_epochs: int = 0  # epochs per trial (ASHA's max_t); 0 = train.epochs
+    metric: str = "val_auc"  # a validation metric reported each epoch (val_loss, val_auc, val_qwk, val_f1, ...)
+    mode: str = "max"  # max | min
+    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
+    seed: int = 0  # search-algorithm seed
+    space: tuple[SearchDim, ...] = (
+        SearchDim(key="lr", kind="loguniform", low=1.0e-5, high=1.0e-3),
+        SearchDim(key="weight_decay", kind="loguniform", low=1.0e-6, high=1.0e-3),
+        SearchDim(key="hidden_dim", kind="choice", values=(128, 256)),
+        SearchDim(key="fusion_layers", kind="choice", values=(1, 2)),
+        SearchDim(key="dropout", kind="uniform", low=0.0, high=0.3),
+    )
+
+    def __post_init__(self) -> None:
+        k = "tune."
+        _check(_plain_name(self.name), k + "name", self.name, "must be a plain folder name")
+        _check(1 <= self.num_samples <= 100_000, k + "num_samples", self.num_samples, "must be in 1..100000")
+        _check(1 <= self.max_concurrent <= 1024, k + "max_concurrent", self.max_concurrent, "must be in 1..1024")
+        _check(0.0 <= self.gpus_per_worker <= 8.0, k + "gpus_per_worker", self.gpus_per_worker, "must be in 0..8")
+        _check(0 <= self.fold <= 99, k + "fold", self.fold, "must be in 0..99")
+        _check(0 <= self.max_epochs <= 100_000, k + "max_epochs", self.max_epochs, "must be in 0..100000")
+        _check(self.metric.startswith("val_"), k + "metric", self.metric,
+               "must be a validation metric such as val_auc, val_loss, val_qwk")
+        _check(self.mode in ("max", "min"), k + "mode", self.mode, "must be max or min")
+        _check(1 <= self.grace_period <= 100_000, k + "grace_period", self.grace_period, "must be >= 1")
+        _check(2 <= self.reduction_factor <= 100, k + "reduction_factor", self.reduction_factor, "must be in 2..100")
+        keys = [d.key for d in self.space]
+        _check(bool(keys), k + "space", keys, "needs at least one dimension")
+        _check(len(set(keys)) == len(keys), k + "space", keys, "names a train key twice")
+        for key in keys:
+            close = difflib.get_close_matches(key, _TUNABLE, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            _check(key in _TUNABLE, k + "space", key, f"is not a tunable train key{hint} (tunable: "
+                   f"{', '.join(_TUNABLE)})")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``dr-ray evaluate``: out-of-fold predictions of every fold model of a train run (an actor pool), MC-dropout
+    uncertainty, and one self-contained HTML report (ROC/PR, confusion, calibration, Grad-CAM, uncertain cases)."""
+
+    run: str = ""  # train run name under output.dir; "" = train.name
+    mc_samples: int = 10  # Monte-Carlo dropout passes for the predictive entropy (DCAT); 1 = deterministic only
+    gradcam_images: int = 8  # images with Grad-CAM overlays in the report
+    uncertain_cases: int = 12  # most uncertain cases shown
+    batch_size: int = 16  # images per forward pass on one actor
+    actors: int = 1  # inference actor pool size (one per GPU)
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    amp_bf16: bool = True
+
+    def __post_init__(self) -> None:
+        k = "evaluate."
+        _check(not self.run or _plain_name(self.run), k + "run", self.run, "must be a train run name")
+        _check(1 <= self.mc_samples <= 1000, k + "mc_samples", self.mc_samples, "must be in 1..1000")
+        _check(0 <= self.gradcam_images <= 1000, k + "gradcam_images", self.gradcam_images, "must be in 0..1000")
+        _check(0 <= self.uncertain_cases <= 1000, k + "uncertain_cases", self.uncertain_cases, "must be in 0..1000")
+        _check(1 <= self.batch_size <= 4096, k + "batch_size", self.batch_size, "must be in 1..4096")
+        _check(1 <= self.actors <= 1024, k + "actors", self.actors, "must be in 1..1024")
+        _check(0.0 <= self.gpus_per_actor <= 8.0, k + "gpus_per_actor", self.gpus_per_actor, "must be in 0..8")
+        _check(0.0 < self.cpus_per_actor <= 64, k + "cpus_per_actor", self.cpus_per_actor, "must be in (0, 64]")
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -398,3 +632,6 @@ class Config:
     vessels: VesselsConfig = field(default_factory=VesselsConfig)
     train_lesions: TrainLesionsConfig = field(default_factory=TrainLesionsConfig)
     pseudo_labels: PseudoLabelsConfig = field(default_factory=PseudoLabelsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

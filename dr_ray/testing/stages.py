@@ -1,11 +1,15 @@
-"""Reading a stage folder back in tests and benchmarks (local paths)."""
+"""Stage folders in tests and benchmarks: reading one back (local paths), and writing preprocess / pseudo-label /
+vessel outputs directly (no segmentation model run) in the exact schemas those stages write, as input for the
+classifier stages."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from dr_ray.io import columns as C
 
@@ -17,3 +21,78 @@ def read_stage(stage_dir: str | Path) -> pa.Table:
     part = pads.partitioning(pa.schema([(C.STATUS, pa.string())]), flavor="hive")
     t = pads.dataset(files, format="parquet", partitioning=part, partition_base_dir=str(stage_dir)).to_table()
     return t.sort_by(C.IMAGE_ID)
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
+
+
+def write_stage_outputs(root: str | Path, *, n_patients: int = 8, size: int = 48, map_size: int = 16,
+                        nodes: int = 3, folds: int = 2, flaws: bool = True, seed: int = 0,
+                        rows_per_file: int = 5) -> list[str]:
+    """Write ``preprocess/``, ``pseudo_labels/`` and ``vessels/`` stage folders (``status=*/`` Parquet shards in the
+    stages' schemas) for ``2 * n_patients`` images, without running any model; returns the image ids.
+
+    Grades cycle 0, 3, 0, 2, 4, 0, 1, 3 over the patients (both eyes alike), folds are ``patient % folds``.
+    Referable images (grade >= 2) are brighter in a square, carry a haemorrhage blob in their lesion maps and
+    have twice the vessel-graph nodes (``nodes`` otherwise), so a classifier can learn them. With ``flaws``:
+    the first image has no grade, the fourth is quarantined by pseudo_labels ("model exploded") and the sixth was
+    never processed by the vessel stage (the joined data must quarantine all three with their reasons).
+    """
+    from dr_ray.imaging import encode_lesion_maps, encode_png
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    pre, les, ves = [], [], []
+    ids = []
+    s = size / 48
+    for p in range(n_patients):
+        for eye in ("left", "right"):
+            iid = f"synthetic/{p}_{eye}"
+            ids.append(iid)
+            grade = int([0, 3, 0, 2, 4, 0, 1, 3][p % 8])
+            ref = grade >= 2
+            img = rng.integers(20, 80, (size, size, 3), dtype=np.uint8)
+            if ref:
+                img[int(10 * s):int(30 * s), int(10 * s):int(30 * s)] = 220
+            cat = {C.IMAGE_ID: iid, C.PATIENT_ID: f"synthetic/{p}", C.EYE: eye, C.DATASET: "synthetic",
+                   C.PATH: f"/nowhere/{p}_{eye}.jpeg", C.GRADE: grade, C.REFERABLE: ref, C.FOLD: p % folds}
+            pre.append({**cat, C.STATUS: C.STATUS_OK, C.CONFIG_HASH: "pre", C.IMAGE_PNG: encode_png(img), C.SIZE: size})
+            maps = np.zeros((4, map_size, map_size), np.uint8)
+            if ref:
+                maps[1, map_size // 4:map_size // 2, map_size // 4:map_size // 2] = 250
+            les.append({**cat, C.STATUS: C.STATUS_OK, C.CONFIG_HASH: "les", C.MODEL_HASH: "m1", C.SIZE: size,
+                        C.LESION_MAPS_PNG: encode_lesion_maps(maps), C.LESION_MAP_KINDS: "ma,he,ex,se",
+                        C.LESION_MAP_SIZE: map_size, C.lesion_area_column("he"): float(ref) * 0.06})
+            n = 2 * nodes if ref else nodes
+            x = np.column_stack([rng.uniform(1, 4, n), rng.uniform(0, 50, n), rng.uniform(0, 5, n),
+                                 rng.choice([-1, 1, 2], n), np.ones(n), np.full(n, 2)]).astype(np.float32)
+            e = np.array([[i, i + 1] for i in range(n - 1)], np.int64)
+            ei = np.concatenate([e.T, e.T[::-1]], axis=1)
+            ves.append({**cat, C.STATUS: C.STATUS_OK, C.CONFIG_HASH: "ves", C.MODEL_HASH: "m2", C.SIZE: size,
+                        C.N_NODES: n, C.N_EDGES: n - 1, C.GRAPH_X: x.ravel().tolist(),
+                        C.GRAPH_POS: np.zeros(2 * n, np.float32).tolist(), C.GRAPH_EDGE_INDEX: ei.ravel().tolist(),
+                        C.GRAPH_EDGE_ATTR: np.zeros(2 * (n - 1) * 10, np.float32).tolist(), C.DISC_FOUND: True,
+                        "fractal_dimension": 1.3 + 0.1 * ref + rng.normal(0, 0.01),
+                        "avr_knudtson": None if p == 2 else 0.7 - 0.05 * ref,
+                        "glcm_contrast": 10.0, "glcm_entropy": 5.0, C.BIOMARKER_REASONS: "{}"})
+    if flaws:
+        pre[0][C.GRADE], pre[0][C.REFERABLE] = None, None  # synthetic/0_left: no label
+        les[3].update({C.STATUS: C.STATUS_QUARANTINED, C.ERROR: "synthetic/1_right: model exploded",
+                       C.LESION_MAPS_PNG: None, C.LESION_MAP_KINDS: None})
+        del ves[5]  # synthetic/2_right: never processed by the vessel stage
+    for stage, rows, schema in (("preprocess", pre, C.PREPROCESS_SCHEMA), ("pseudo_labels", les,
+                                                                        C.PSEUDO_LABELS_SCHEMA),
+                                ("vessels", ves, C.VESSELS_SCHEMA)):
+        for status in (C.STATUS_OK, C.STATUS_QUARANTINED):
+            part = [r for r in rows if r[C.STATUS] == status]
+            if part:
+                d = root / stage / f"{C.STATUS}={status}"
+                d.mkdir(parents=True, exist_ok=True)
+                t = _table(part, schema).drop_columns([C.STATUS])
+                for i in range(0, t.num_rows, rows_per_file):  # several shards, as a real stage writes
+                    pq.write_table(t.slice(i, rows_per_file), d / f"part_{i:06d}.parquet")
+    return ids
+
+
+__all__ = ["read_stage", "write_stage_outputs"]

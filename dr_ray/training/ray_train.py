@@ -130,26 +130,65 @@ def train_loop_per_worker(loop_config: dict) -> None:
                      epochs=cfg.epochs)
 
 
+def make_trainer(loop_fn, loop_config: dict, *, num_workers: int, use_gpu: bool, storage_path: str, name: str,
+                 keep_checkpoints: int = 2, max_failures: int = 2, datasets: dict | None = None,
+                 data_config=None, callbacks: Sequence = (), resources_per_worker: dict | None = None):
+    """A ``TorchTrainer`` over ``loop_fn`` (see :func:`run_trainer`); ``datasets`` (Ray Datasets by name) reach
+    the workers through ``ray.train.get_dataset_shard``, split as ``data_config`` says; ``callbacks`` are Ray
+    Train ``UserCallback``s (TensorBoard files, Tune reporting)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        loop_fn,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources_per_worker),
+        run_config=ray.train.RunConfig(storage_path=storage_path, name=name,
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                                       callbacks=list(callbacks) or None),
+        datasets=datasets,
+        **({"dataset_config": data_config} if data_config is not None else {}),
+    )
+
+
+def fit_and_release(trainer):
+    """``trainer.fit()``, then let go of the run's controller actor.
+
+    In the main thread Ray Train 2.60's ``fit()`` installs a SIGINT handler whose closure holds the controller's
+    actor handle; the handler stays installed after ``fit()`` returns, so the controller (and the placement group
+    of its worker group, e.g. one CPU) lives on until the next ``fit()``. On a small machine that CPU is then
+    missing for whatever runs next (a Tune trial's Ray Data tasks waited for it forever). The previous handler is
+    put back and the handle collected, so the controller exits and Ray removes its placement group.
+    """
+    import gc
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+        gc.collect()
+
+
 def run_trainer(loop_fn, loop_config: dict, *, num_workers: int, use_gpu: bool, storage_path: str, name: str,
-                keep_checkpoints: int = 2, max_failures: int = 2):
+                keep_checkpoints: int = 2, max_failures: int = 2, **trainer_kwargs):
     """Run (or resume) a ``TorchTrainer`` over ``loop_fn``; returns the ``ray.train.Result``.
 
     ``storage_path`` (absolute local path or URI) + ``name`` identify the run: the same pair resumes it after a
     killed job. A worker that dies mid-run is replaced up to ``max_failures`` times and the new group restarts
     from the latest checkpoint (``FailureConfig``). Only the latest ``keep_checkpoints`` checkpoints are kept.
+    ``trainer_kwargs``: ``datasets``, ``data_config``, ``callbacks``, ``resources_per_worker`` of
+    :func:`make_trainer`.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(
-        loop_fn,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        run_config=ray.train.RunConfig(storage_path=storage_path, name=name,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
-                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)),
-    )
-    return trainer.fit()
+    return fit_and_release(make_trainer(loop_fn, loop_config, num_workers=num_workers, use_gpu=use_gpu,
+                                        storage_path=storage_path, name=name, keep_checkpoints=keep_checkpoints,
+                                        max_failures=max_failures, **trainer_kwargs))
 
 
 def fit(cfg: TrainVesselsConfig, train: Sequence[VesselRecord], val: Sequence[VesselRecord], *,

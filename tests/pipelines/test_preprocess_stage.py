@@ -169,21 +169,3 @@ def test_interrupted_run_resumed_equals_clean_run(ray_cluster, mixed_catalog, tm
     clean, resumed = _read(clean_dir / "preprocess"), _read(stage)
     assert resumed.num_rows == clean.num_rows == total
     assert resumed.select(clean.column_names).equals(clean), "resumed output differs from a clean run"
-
-
-@pytest.mark.slow
-def test_readme_demo_command_runs_in_smoke_form(tmp_path):
-    """`make demo` runs `dr-ray preprocess --config configs/demo.yaml`; CI runs it with --smoke-test."""
-    exe = Path(sys.executable).with_name("dr-ray")
-    cmd = [str(exe), "preprocess", "--config", str(REPO / "configs" / "demo.yaml"), "--smoke-test",
-           "--set", f"output.dir={tmp_path}", "--set", "ray.num_cpus=2"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "[reconciles]" in res.stdout
-    assert f"processed images: {tmp_path}/preprocess/status=ok/" in res.stdout
-    summary = json.loads((tmp_path / "preprocess" / "summary.json").read_text())
-    # smoke: 3 synthetic patients (6 images) + 3 broken files, limit 8 -> 8 rows in
-    assert summary["catalog_rows"] == 8 and summary["reconciles"]
-    assert summary["written"] + summary["quarantined"] == 8
-    assert summary["label_problems"] == 1  # the label row whose file does not exist

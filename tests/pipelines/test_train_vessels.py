@@ -58,8 +58,10 @@ def test_run_train_vessels_writes_model_metrics_checkpoints_and_resumes(ray_clus
     _, val = split_by_patient(records, val_fraction=0.25, seed=0)
     val_images = load_vessel_images(val)
     got = evaluate(model, val_images, mean=model.spec.mean, std=model.spec.std)
-    assert got["dice"] == pytest.approx(metrics["final"]["val_dice"], abs=1e-6)
-    assert got["auc"] == pytest.approx(metrics["final"]["val_auc"], abs=1e-6)
+    # the worker ran torch on 1 thread, this process on 2: summation order moves probabilities by ~1e-7, which can
+    # flip a pixel or two at the threshold (1e-6 of Dice each); a different model would be off by far more
+    assert got["dice"] == pytest.approx(metrics["final"]["val_dice"], abs=2e-5)
+    assert got["auc"] == pytest.approx(metrics["final"]["val_auc"], abs=2e-5)
     again, _ = load_model_dir(stage / "model")
     img = val_images[0].image
     np.testing.assert_array_equal(predict_image(model, img, mean=model.spec.mean, std=model.spec.std),

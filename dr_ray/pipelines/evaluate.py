@@ -1,0 +1,376 @@
+"""``dr-ray evaluate``: out-of-fold predictions of every fold model of a train run, MC-dropout uncertainty, and one
+self-contained HTML report.
+
+For each fold k of ``<output.dir>/<run>/cv.json`` the model ``fold_k/model`` predicts the images of fold k (which
+it never trained on) in a Ray Data actor pool (:class:`ClassifierActor`, GPU when configured): deterministic
+softmax probabilities, the Monte-Carlo-dropout mean over ``evaluate.mc_samples`` passes and its predictive entropy
+(DCAT's uncertainty). Predictions go to ``<run>/evaluation/predictions/fold_<k>/status=*/`` (an image that fails
+to decode is a quarantined row with its reason; rows in = predicted + quarantined, per fold). The driver then
+reads the predictions (a few numbers per image) and writes ``<run>/evaluation/report.html``: metrics per fold and
+pooled with the CV mean and 95% CI, ROC and PR curves per fold, confusion matrix, calibration plot, the entropy
+histogram, the most uncertain cases, and Grad-CAM overlays on sample images. Plots are also saved as PNG files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from dr_ray.config import Config
+from dr_ray.io import columns as C
+from dr_ray.io import fs
+from dr_ray.pipelines.runtime import init_ray, stage_dir
+
+log = logging.getLogger(__name__)
+
+GRADE_NAMES = ("0 none", "1 mild", "2 moderate", "3 severe", "4 proliferative")
+REFERABLE_NAMES = ("non-referable", "referable")
+
+
+class ClassifierActor:
+    """Ray Data actor: one fold model (a saved model directory) over whole batches of joined rows.
+
+    Input: numpy batches of the joined columns the model's InputSpec names. Output columns: ``image_id``, ``fold``,
+    ``label``, ``probs`` (B, C) float32 (eval mode), ``mc_probs`` (B, C) (mean of ``mc_samples`` dropout passes),
+    ``entropy`` (B,) nats of ``mc_probs``, ``status``, ``error``. A row whose inputs do not decode is quarantined
+    (NaN probabilities, the reason in ``error``); a failing model or GPU fails the task (Ray retries it).
+    """
+
+    def __init__(self, model_dir: str, *, use_gpu: bool = False, amp_bf16: bool = True, threads: int = 1,
+                 mc_samples: int = 10) -> None:
+        import torch
+
+        from dr_ray.models import load_model_dir
+        from dr_ray.training.fusion_data import InputSpec
+
+        if use_gpu and not torch.cuda.is_available():
+            raise RuntimeError("evaluate.gpus_per_actor > 0 but this actor sees no CUDA device")
+        if not use_gpu:
+            torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.amp = bool(amp_bf16 and use_gpu)
+        self.model, meta = load_model_dir(model_dir, map_location=self.device)
+        self.spec = InputSpec.from_dict(meta["extra"]["inputs"])
+        self.mc_samples = int(mc_samples)
+
+    def _decode(self, batch: dict) -> tuple[dict | None, list[str | None]]:
+        from dr_ray.training.fusion_data import decode_rows
+
+        n = len(batch[C.IMAGE_ID])
+        try:
+            return decode_rows(batch, self.spec), [None] * n
+        except ValueError:
+            pass
+        # find the undecodable rows; decode the others
+        errors: list[str | None] = [None] * n
+        good = []
+        for i in range(n):
+            try:
+                decode_rows({k: v[i:i + 1] for k, v in batch.items()}, self.spec)
+                good.append(i)
+            except ValueError as e:
+                errors[i] = str(e)
+        if not good:
+            return None, errors
+        return decode_rows({k: v[good] for k, v in batch.items()}, self.spec), errors
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from dr_ray.models.classifiers import mc_dropout_predict
+        from dr_ray.training.classify import predict
+        from dr_ray.training.fusion_data import collate, labels_for_task, to_device
+
+        n = len(batch[C.IMAGE_ID])
+        c = self.spec.num_classes
+        probs = np.full((n, c), np.nan, np.float32)
+        mc = np.full((n, c), np.nan, np.float32)
+        entropy = np.full(n, np.nan, np.float32)
+        decoded, errors = self._decode(batch)
+        ok = [i for i in range(n) if errors[i] is None]
+        if decoded is not None:
+            cb = collate(decoded)
+            _, _, p = predict(self.model, [cb], self.device, mean=self.model.spec.mean, std=self.model.spec.std,
+                              amp=self.amp)
+            probs[ok] = p
+            if self.mc_samples > 1:
+                b = to_device(cb, self.device, mean=self.model.spec.mean, std=self.model.spec.std)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                    m, h = mc_dropout_predict(self.model, b, self.mc_samples)
+                mc[ok], entropy[ok] = m, h
+            else:
+                from dr_ray.training.classification_metrics import predictive_entropy
+
+                mc[ok], entropy[ok] = p, predictive_entropy(p)
+        grades = list(batch[C.GRADE])
+        labels = np.full(n, -1, np.int64)
+        if ok:
+            labels[ok] = labels_for_task([grades[i] for i in ok], self.spec.task)
+        return {C.IMAGE_ID: np.asarray(batch[C.IMAGE_ID], dtype=object),
+                C.FOLD: np.asarray(batch[C.FOLD], np.int64), "label": labels, "probs": probs, "mc_probs": mc,
+                "entropy": entropy,
+                C.STATUS: np.asarray([C.STATUS_OK if e is None else C.STATUS_QUARANTINED for e in errors], object),
+                C.ERROR: np.asarray(errors, dtype=object)}
+
+
+def _read_predictions(path: str) -> pa.Table:
+    filesystem, inner = fs.resolve(path)
+    return pads.dataset(inner, filesystem=filesystem, format="parquet", partitioning="hive").to_table()
+
+
+def predict_fold(cfg: Config, model_dir: str, fold: int, out: str) -> dict:
+    """Out-of-fold predictions of one fold model -> ``out/status=*/``; returns counts that must reconcile."""
+    import ray
+    from ray.data.expressions import col
+
+    from dr_ray.models import read_metadata
+    from dr_ray.training.fusion_data import InputSpec
+
+    e = cfg.evaluate
+    meta = read_metadata(model_dir)
+    spec = InputSpec.from_dict(meta["extra"]["inputs"])
+    ok_dir = fs.join(meta["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
+    if not fs.is_dir(ok_dir):
+        raise FileNotFoundError(f"{model_dir}: its training data {ok_dir} is gone (rerun `dr-ray train`)")
+    expected = pads.dataset(fs.resolve(ok_dir)[1], filesystem=fs.resolve(ok_dir)[0], format="parquet").to_table(
+        columns=[C.FOLD])
+    n_in = int(pc.sum(pc.equal(expected.column(0), fold)).as_py() or 0)
+    if fs.is_dir(out):
+        for f in fs.list_files(out, recursive=True):
+            fs.delete_file(f)  # predictions are derived: a rerun replaces them
+    ds = ray.data.read_parquet(ok_dir, partitioning=None).select_columns(spec.columns())
+    ds = ds.filter(expr=col(C.FOLD) == fold)
+    ds = ds.map_batches(ClassifierActor, batch_format="numpy", batch_size=e.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=e.actors), num_gpus=e.gpus_per_actor,
+                        num_cpus=e.cpus_per_actor,
+                        fn_constructor_kwargs={"model_dir": model_dir, "use_gpu": e.gpus_per_actor > 0,
+                                               "amp_bf16": e.amp_bf16, "threads": int(e.cpus_per_actor),
+                                               "mc_samples": e.mc_samples})
+    t0 = time.perf_counter()
+    ds.write_parquet(out, partition_cols=[C.STATUS])
+    seconds = time.perf_counter() - t0
+    got = _read_predictions(out) if fs.is_dir(out) else pa.table({C.STATUS: pa.array([], pa.string())})
+    ok = int(pc.sum(pc.equal(got.column(C.STATUS), C.STATUS_OK)).as_py() or 0) if got.num_rows else 0
+    counts = {"fold": fold, "rows_in": n_in, "predicted": ok, "quarantined": got.num_rows - ok, "seconds": seconds}
+    if got.num_rows != n_in:
+        raise RuntimeError(f"evaluate fold {fold}: {n_in} images in, {got.num_rows} prediction rows out")
+    return counts
+
+
+def _thumbnail(png: bytes, size: int = 192) -> np.ndarray:
+    import cv2
+
+    from dr_ray.imaging import decode_png
+
+    return cv2.resize(decode_png(png), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _image_rows(fusion_ok_dir: str, ids: list[str], columns: list[str]) -> dict[str, list]:
+    """The joined rows of ``ids`` (a handful, for Grad-CAM and thumbnails), in the order of ``ids``."""
+    filesystem, inner = fs.resolve(fusion_ok_dir)
+    t = pads.dataset(inner, filesystem=filesystem, format="parquet").to_table(
+        columns=columns, filter=pc.field(C.IMAGE_ID).isin(ids))
+    rows = t.to_pydict()
+    order = {v: i for i, v in enumerate(rows[C.IMAGE_ID])}
+    return {k: [v[order[i]] for i in ids if i in order] for k, v in rows.items()}
+
+
+def _gradcam_section(report, run_dir: Path, model_dirs: dict[str, str], preds, n: int, plots_dir: Path) -> None:
+    """Grad-CAM overlays for up to ``n`` images (the most confident referable/positive predictions first, then
+    the most confident negatives), each by the fold model that did not train on it."""
+    from dr_ray.models import load_model_dir
+    from dr_ray.models.gradcam import grad_cam, overlay
+    from dr_ray.report.plots import image_grid_png
+    from dr_ray.training.fusion_data import InputSpec, batches_from_rows, to_device
+
+    import torch
+
+    if n <= 0 or not len(preds):
+        return
+    score = preds["score"]
+    order = np.argsort(-score)
+    pick = list(order[: (n + 1) // 2]) + [i for i in order[::-1][: n // 2] if i not in order[: (n + 1) // 2]]
+    images, captions = [], []
+    for fold in sorted({int(preds["fold"][i]) for i in pick}):
+        idx = [i for i in pick if int(preds["fold"][i]) == fold]
+        model, meta = load_model_dir(model_dirs[str(fold)])
+        spec = InputSpec.from_dict(meta["extra"]["inputs"])
+        names = REFERABLE_NAMES if spec.num_classes == 2 else GRADE_NAMES
+        ok_dir = fs.join(meta["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
+        ids = [preds["image_id"][i] for i in idx]
+        rows = _image_rows(ok_dir, ids, spec.columns())
+        for batch in batches_from_rows(rows, spec, batch_size=8):
+            b = to_device(batch, "cpu", mean=model.spec.mean, std=model.spec.std)
+            cams = grad_cam(model, b)  # for the predicted class
+            with torch.no_grad():
+                predicted = model.eval()(b).argmax(1).tolist()
+            raw = batch["image"].permute(0, 2, 3, 1).numpy()
+            for j, image_id in enumerate(batch["image_id"]):
+                k = ids.index(image_id)
+                img = np.ascontiguousarray(raw[j])
+                images.append(overlay(img, cams[j]) if cams[j].max() > 0 else img)
+                none = "" if cams[j].max() > 0 else ", no positive evidence"
+                captions.append(f"{image_id}: grade {preds['grade'][idx[k]]}\np={score[idx[k]]:.2f}, CAM of class "
+                                f"{names[predicted[j]]}{none}")
+    png = image_grid_png(images, captions, ncols=4)
+    (plots_dir / "gradcam.png").write_bytes(png)
+    report.add_heading("Grad-CAM", 2)
+    report.add_text("Grad-CAM of the image branch's last feature map for the predicted class, by the fold model "
+                    "that never saw the image (the most confident referable predictions, then the most confident "
+                    "non-referable ones). A map with no positive evidence is shown blank.")
+    report.add_image(png, "Grad-CAM overlays (red = most evidence)")
+
+
+def run_evaluate(cfg: Config) -> dict:
+    """Predict every fold of the train run out-of-fold and write the HTML report; returns a summary."""
+    from dr_ray.report.html import Report
+    from dr_ray.report.plots import (calibration_png, confusion_matrix_png, histogram_png, image_grid_png,
+                                     pr_curve_png, roc_curve_png)
+    from dr_ray.training.classification_metrics import classification_metrics, cv_summary
+
+    e = cfg.evaluate
+    run = e.run or cfg.train.name
+    run_dir = Path(stage_dir(cfg.output.dir, run))
+    cv_path = run_dir / "cv.json"
+    if not cv_path.is_file():
+        raise FileNotFoundError(f"{cv_path} not found: run `dr-ray train` (train.name={run}) first, or set "
+                                f"evaluate.run to a train run under {cfg.output.dir}")
+    cv = json.loads(cv_path.read_text())
+    model_dirs: dict[str, str] = cv["model_dirs"]
+    out = run_dir / "evaluation"
+    plots_dir = out / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    init_ray(cfg.ray)
+    counts = [predict_fold(cfg, model_dirs[k], int(k), str(out / "predictions" / f"fold_{k}"))
+              for k in sorted(model_dirs, key=int)]
+    table = _read_predictions(str(out / "predictions"))
+    ok_t = table.filter(pc.equal(table.column(C.STATUS), C.STATUS_OK))
+    bad_t = table.filter(pc.equal(table.column(C.STATUS), C.STATUS_QUARANTINED))
+    probs = np.asarray(ok_t.column("probs").to_pylist(), np.float64)
+    mc = np.asarray(ok_t.column("mc_probs").to_pylist(), np.float64)
+    labels = np.asarray(ok_t.column("label").to_pylist(), np.int64)
+    folds = np.asarray(ok_t.column(C.FOLD).to_pylist(), np.int64)
+    entropy = np.asarray(ok_t.column("entropy").to_pylist(), np.float64)
+    ids = ok_t.column(C.IMAGE_ID).to_pylist()
+    n_classes = probs.shape[1]
+    task = "referable" if n_classes == 2 else "grade"
+    score = probs[:, 1] if n_classes == 2 else probs[:, 2:].sum(1)  # P(referable)
+    ref_labels = labels if n_classes == 2 else (labels >= 2).astype(np.int64)
+    grades = labels if n_classes == 5 else np.asarray(
+        [None] * len(labels))  # grade only known per row for 5-class; filled from the catalog below
+    if n_classes == 2 and len(ids):
+        first_model = model_dirs[sorted(model_dirs, key=int)[0]]
+        from dr_ray.models import read_metadata
+
+        ok_dir = fs.join(read_metadata(first_model)["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
+        g = _image_rows(ok_dir, ids, [C.IMAGE_ID, C.GRADE])
+        gmap = dict(zip(g[C.IMAGE_ID], g[C.GRADE]))
+        grades = np.asarray([gmap.get(i) for i in ids], dtype=object)
+
+    per_fold = []
+    for k in sorted(set(folds.tolist())):
+        m = folds == k
+        per_fold.append({"fold": int(k), **classification_metrics(labels[m], probs[m])})
+    pooled = classification_metrics(labels, probs) if len(labels) else {}
+    mc_pooled = classification_metrics(labels, mc / mc.sum(1, keepdims=True)) if len(labels) else {}
+    summary_cv = cv_summary([{k: v for k, v in f.items() if k != "fold"} for f in per_fold])
+
+    report = Report(f"dr-ray evaluation: {run} ({cv['model']}, {task})")
+    report.add_key_values({"run": str(run_dir), "model": cv["model"], "modalities": ", ".join(cv["modalities"]),
+                           "task": task, "folds": len(per_fold), "images predicted": int(len(labels)),
+                           "quarantined": int(bad_t.num_rows), "training data hash": cv.get("train_data_hash"),
+                           "MC-dropout passes": e.mc_samples})
+    report.add_heading("Cross-validation (out-of-fold)", 2)
+    keys = ["auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "qwk", "ece"]
+    if n_classes == 5:
+        keys += ["referable_auc", "referable_sensitivity", "referable_specificity"]
+    report.add_table([{"fold": f["fold"], **{k: f.get(k) for k in keys}} for f in per_fold]
+                     + [{"fold": "pooled", **{k: pooled.get(k) for k in keys}}], columns=["fold", *keys])
+    report.add_table([{"metric": k, "mean": summary_cv[k]["mean"], "95% CI low": summary_cv[k]["ci_low"],
+                       "95% CI high": summary_cv[k]["ci_high"], "folds": summary_cv[k]["n"]}
+                      for k in keys if k in summary_cv])
+    if "comparison" in cv:
+        comp = cv["comparison"]
+        report.add_heading(f"Paired test against {comp['baseline']}", 3)
+        if comp.get("note"):
+            report.add_text(comp["note"])
+        report.add_table([{"metric": m, **{k: v for k, v in r.items() if k != "test"}}
+                          for m, r in comp["metrics"].items()])
+
+    plots: dict[str, bytes] = {}
+    if len(labels) and len(set(ref_labels.tolist())) == 2:
+        curves = {f"fold {k}": (ref_labels[folds == k], score[folds == k]) for k in sorted(set(folds.tolist()))
+                  if len(set(ref_labels[folds == k].tolist())) == 2}
+        curves["pooled"] = (ref_labels, score)
+        plots["roc.png"] = roc_curve_png(curves, title="ROC, referable DR (out-of-fold)")
+        plots["pr.png"] = pr_curve_png(curves, title="Precision-recall, referable DR (out-of-fold)")
+    if len(labels):
+        names = REFERABLE_NAMES if n_classes == 2 else GRADE_NAMES
+        plots["confusion.png"] = confusion_matrix_png(labels, probs.argmax(1), list(names),
+                                                      title="Confusion matrix (pooled)", normalize=True)
+        plots["calibration.png"] = calibration_png(labels, probs, title="Calibration (pooled)")
+        plots["entropy.png"] = histogram_png(entropy, bins=20, title="Predictive entropy (MC dropout)",
+                                             xlabel="entropy (nats)", marks={"max": float(np.log(n_classes))})
+    for name, png in plots.items():
+        (plots_dir / name).write_bytes(png)
+    report.add_heading("Curves", 2)
+    for name, caption in (("roc.png", "ROC per fold and pooled"), ("pr.png", "Precision-recall"),
+                          ("confusion.png", "Confusion matrix, row-normalised"),
+                          ("calibration.png", "Calibration: reliability diagram of the pooled predictions"),
+                          ("entropy.png", "Predictive entropy of the MC-dropout mean")):
+        if name in plots:
+            report.add_image(plots[name], caption)
+    report.add_heading("Uncertainty", 2)
+    report.add_key_values({"MC-dropout pooled AUC": mc_pooled.get("auc"), "MC-dropout pooled ECE": mc_pooled.get("ece"),
+                           "median entropy (nats)": float(np.median(entropy)) if len(entropy) else None})
+    if e.uncertain_cases and len(ids):
+        top = np.argsort(-entropy)[: e.uncertain_cases]
+        rows = [{"image_id": ids[i], "fold": int(folds[i]), "grade": grades[i], "label": int(labels[i]),
+                 "p(referable)": float(score[i]), "entropy": float(entropy[i])} for i in top]
+        report.add_text(f"The {len(top)} images with the highest predictive entropy:")
+        report.add_table(rows)
+        from dr_ray.models import read_metadata
+
+        thumbs, caps = [], []
+        for f in sorted({int(folds[i]) for i in top}):
+            ok_dir = fs.join(read_metadata(model_dirs[str(f)])["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
+            sel = [ids[i] for i in top if int(folds[i]) == f]
+            got = _image_rows(ok_dir, sel, [C.IMAGE_ID, C.IMAGE_PNG])
+            for image_id, png in zip(got[C.IMAGE_ID], got[C.IMAGE_PNG]):
+                i = ids.index(image_id)
+                thumbs.append(_thumbnail(png))
+                caps.append(f"{image_id}\nH={entropy[i]:.2f}, p={score[i]:.2f}")
+        if thumbs:
+            png = image_grid_png(thumbs, caps, ncols=4)
+            (plots_dir / "uncertain.png").write_bytes(png)
+            report.add_image(png, "Most uncertain cases")
+    preds = {"image_id": ids, "fold": folds, "score": score, "grade": grades}
+    _gradcam_section(report, run_dir, model_dirs, preds, e.gradcam_images, plots_dir)
+    if bad_t.num_rows:
+        report.add_heading("Quarantined", 2)
+        report.add_table(bad_t.select([C.IMAGE_ID, C.FOLD, C.ERROR]).to_pylist())
+    report_path = report.write(out / "report.html")
+    summary = {"run": run, "report": str(report_path), "predictions": str(out / "predictions"),
+               "counts": counts, "pooled": pooled, "per_fold": per_fold, "cv": summary_cv,
+               "mc_dropout_pooled": mc_pooled}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1, allow_nan=True, default=_json_default))
+    return summary
+
+
+def _json_default(v: Any):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    return str(v)
+
+
+__all__ = ["ClassifierActor", "predict_fold", "run_evaluate"]

@@ -1,0 +1,183 @@
+"""``dr-ray train``: a DR classifier (baseline or fusion model) on Ray Train with patient-level K-fold
+cross-validation, from the joined stage outputs (:mod:`dr_ray.pipelines.fusion_data`).
+
+Writes under ``<output.dir>/<train.name>/``:
+    fold_<k>/model/   saved model directory of fold k (the epoch with the lowest validation loss); metadata
+                      ``extra``: fold, inputs (the InputSpec evaluation decodes with), best epoch and its metrics
+    cv.json           per-fold validation metrics, mean and 95% CI per metric (Student t over folds), the paired
+                      test against ``train.baseline`` when set, data hash, modalities, resolved model kwargs
+    cv_folds.csv      the per-fold metrics as a table
+    config.yaml       the resolved config
+    tensorboard/      per-fold TensorBoard scalars (``tensorboard --logdir <this folder>``)
+    ray/fold_<k>/     Ray Train storage: per-epoch checkpoints; a rerun with the same name resumes each fold
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dr_ray.config import Config, to_dict
+from dr_ray.io import columns as C
+from dr_ray.pipelines.fusion_data import FusionData, build_fusion_data, fold_datasets, read_index, stages_for
+from dr_ray.pipelines.runtime import init_ray, stage_dir, training_dir
+from dr_ray.training.fusion_data import InputSpec, class_weights, labels_for_task, stats_normalisation
+
+log = logging.getLogger(__name__)
+
+CV_FILE = "cv.json"
+# Metrics compared between runs and summarised over folds (the validation metrics of the best epoch).
+CV_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "qwk", "ece", "loss",
+              "referable_auc", "referable_sensitivity", "referable_specificity", "referable_accuracy")
+
+
+def fold_spec(t, data: FusionData, modalities: Sequence[str], index: pa.Table, fold: int) -> InputSpec:
+    """The InputSpec of fold ``fold``: biomarker standardisation from that fold's training rows only."""
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    if "stats" in modalities:
+        train_rows = index.filter(pc.not_equal(index.column(C.FOLD), fold))
+        mean, std = stats_normalisation({f: train_rows.column(f).to_pylist() for f in t.stats_features},
+                                        t.stats_features)
+    return InputSpec(modalities=tuple(modalities), task=t.task, image_size=t.image_size, lesion_size=t.lesion_size,
+                     lesion_kinds=tuple(data.lesion_kinds) if "lesion" in modalities else (),
+                     stats_features=tuple(t.stats_features) if "stats" in modalities else (),
+                     stats_mean=mean, stats_std=std)
+
+
+def _val_ids_hash(index: pa.Table, fold: int) -> str:
+    ids = sorted(index.filter(pc.equal(index.column(C.FOLD), fold)).column(C.IMAGE_ID).to_pylist())
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def compare_with_baseline(ours: list[dict], baseline_dir: Path) -> dict:
+    """Paired test per metric of our folds against the baseline run's folds (same fold numbers)."""
+    from dr_ray.training.classification_metrics import paired_test
+
+    path = baseline_dir / CV_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"train.baseline: {path} not found (train the baseline run first)")
+    theirs = {f["fold"]: f for f in json.loads(path.read_text())["folds"]}
+    common = [f for f in ours if f["fold"] in theirs]
+    if not common:
+        raise ValueError(f"train.baseline: {baseline_dir} has folds {sorted(theirs)}, this run "
+                         f"{[f['fold'] for f in ours]}: none in common")
+    same_val = all(theirs[f["fold"]].get("val_ids_hash") == f["val_ids_hash"] for f in common)
+    out: dict = {"baseline": str(baseline_dir), "folds": [f["fold"] for f in common],
+                 "same_validation_images": same_val, "metrics": {}}
+    if not same_val:
+        out["note"] = ("the validation images of some folds differ (the runs joined different stages, which "
+                       "quarantined different images): the pairing is by fold, not by image")
+    for m in CV_METRICS:
+        a = [f.get(m) for f in common]
+        b = [theirs[f["fold"]].get(m) for f in common]
+        if any(v is None for v in a + b):
+            continue
+        out["metrics"][m] = paired_test(a, b)
+    return out
+
+
+def _mlflow(cfg: Config, fold: int) -> dict | None:
+    t = cfg.train
+    if not t.mlflow_uri:
+        return None
+    flat = {f"train.{k}": (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+            for k, v in to_dict(t).items()}
+    return {"tracking_uri": t.mlflow_uri, "experiment_name": t.mlflow_experiment, "run_name": f"{t.name}/fold_{fold}",
+            "params": flat}
+
+
+def export_fold_model(result, t, spec: InputSpec, model_dir: Path, *, cfg: Config, data: FusionData, fold: int):
+    """The best epoch's weights of a fold's Ray Train result -> a saved model directory; returns (history, best)."""
+    from dr_ray.models import save_model_dir
+    from dr_ray.training.ray_fusion import build_classifier, load_best
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {result.path} finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        best_state, history = load_best(d)
+    best_epoch = int(history[-1]["best_epoch"])
+    best = next(h for h in history if h["epoch"] == best_epoch)
+    model = build_classifier(t, spec, pretrained=False)
+    model.load_state_dict(best_state)
+    save_model_dir(model, model_dir, config=to_dict(cfg), train_data_hash=data.data_hash, overwrite=True,
+                   extra={"fold": fold, "inputs": spec.to_dict(), "best_epoch": best_epoch, "metrics": best,
+                          "fusion_data": data.path, "epochs_run": int(history[-1]["epoch"])})
+    return history, best
+
+
+def run_train(cfg: Config) -> dict:
+    """Train (or resume) every configured fold; returns the CV summary (also written to ``cv.json``)."""
+    from dr_ray.training.classification_metrics import cv_summary
+    from dr_ray.training.ray_fusion import classifier_kwargs, fit_fold, model_modalities, tensorboard_callback
+
+    t = cfg.train
+    out = training_dir(cfg, t.name, "train")
+    modalities = model_modalities(t)
+    data = build_fusion_data(cfg, (*stages_for(modalities), *t.join))
+    index = read_index(data, t.stats_features if "stats" in modalities else ())
+    available = sorted(int(f) for f in pc.unique(index.column(C.FOLD)).to_pylist() if f is not None)
+    folds = list(t.folds) or available
+    missing = [f for f in folds if f not in available]
+    if missing:
+        raise ValueError(f"train.folds={list(t.folds)}: folds {missing} have no images (the data has folds "
+                         f"{available}; data.folds sets K)")
+    if len(available) < 2:
+        raise ValueError(f"the joined data has only fold(s) {available}: cross-validation needs >= 2")
+    labels = labels_for_task(index.column(C.GRADE).to_pylist(), t.task)
+    fold_col = np.asarray(index.column(C.FOLD).to_pylist())
+    log.info("train %s: model %s, modalities %s, %d images (%s), folds %s", t.name, t.model, modalities,
+             index.num_rows, np.bincount(labels, minlength=t.num_classes).tolist(), folds)
+    init_ray(cfg.ray)
+    per_fold: list[dict] = []
+    for k in folds:
+        train_labels = labels[fold_col != k]
+        spec = fold_spec(t, data, modalities, index, k)
+        cw = class_weights(train_labels, t.num_classes)
+        train_ds, val_ds = fold_datasets(data, spec, k, decode_batch_size=t.decode_batch_size,
+                                         decode_cpus=t.decode_cpus, augment=t.augment)
+        result = fit_fold(t, spec, fold=k, datasets={"train": train_ds, "val": val_ds}, class_weights=cw.tolist(),
+                          storage_path=str(out / "ray"), name=f"fold_{k}",
+                          callbacks=[tensorboard_callback(str(out / "tensorboard" / f"fold_{k}"))],
+                          mlflow=_mlflow(cfg, k))
+        history, best = export_fold_model(result, t, spec, out / f"fold_{k}" / "model", cfg=cfg, data=data, fold=k)
+        row = {"fold": k, "best_epoch": best["epoch"], "epochs_run": history[-1]["epoch"],
+               "train_images": int((fold_col != k).sum()), "val_images": int((fold_col == k).sum()),
+               "val_ids_hash": _val_ids_hash(index, k),
+               "train_rows_per_s": float(np.mean([h["train_rows_per_s"] for h in history])),
+               "busy_fraction": float(np.nanmean([h["busy_fraction"] if h["busy_fraction"] is not None else np.nan
+                                                  for h in history]))}
+        row.update({m: best.get(f"val_{m}") for m in CV_METRICS if f"val_{m}" in best})
+        per_fold.append(row)
+        log.info("fold %d: best epoch %d, val auc %s, val loss %.4f", k, best["epoch"], best.get("val_auc"),
+                 best["val_loss"])
+    summary = {
+        "name": t.name, "model": t.model, "task": t.task, "modalities": list(modalities),
+        "model_kwargs": classifier_kwargs(t), "folds": per_fold,
+        "cv": cv_summary([{m: (np.nan if f.get(m) is None else f[m]) for m in CV_METRICS if m in f}
+                          for f in per_fold]),
+        "data": data.as_dict(), "train_data_hash": data.data_hash, "output": str(out),
+        "model_dirs": {str(f["fold"]): str(out / f"fold_{f['fold']}" / "model") for f in per_fold},
+    }
+    if t.baseline:
+        summary["comparison"] = compare_with_baseline(per_fold, Path(stage_dir(cfg.output.dir, t.baseline)))
+    (out / CV_FILE).write_text(json.dumps(summary, indent=1, allow_nan=True))
+
+    with open(out / "cv_folds.csv", "w", newline="") as f:
+        cols = sorted({k for r in per_fold for k in r}, key=lambda c: (c != "fold", c))
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(per_fold)
+    summary["cv_path"] = str(out / CV_FILE)
+    return summary
+
+
+__all__ = ["CV_FILE", "CV_METRICS", "compare_with_baseline", "export_fold_model", "fold_spec", "run_train"]

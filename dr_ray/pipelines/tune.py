@@ -1,0 +1,180 @@
+"""``dr-ray tune``: an ASHA campaign over ``train.*`` settings (``tune.space``), each trial one Ray Train run on
+``tune.fold`` of the joined data.
+
+Writes under ``<output.dir>/<tune.name>/``:
+    campaign/          the Ray Tune experiment (trial folders with TensorBoard files, Tune's default logger); a
+                       rerun with the same name restores it: finished trials are kept, unfinished and errored ones
+                       resume (their Ray Train runs restart from their last checkpoint)
+    trials/            the trials' Ray Train storage (checkpoints), one run per trial id
+    results.parquet    one row per trial: its best epoch by ``tune.metric``, the sampled settings, status
+    results.csv        the same table
+    best_train.yaml    the whole resolved config with ``train`` set to the best trial's settings: run it with
+                       ``dr-ray train --config <this file>`` (cross-validation over every fold)
+    config.yaml        the resolved config of the campaign
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import yaml
+
+from dr_ray.config import Config, to_dict
+from dr_ray.config.schema import TrainConfig
+from dr_ray.io import columns as C
+from dr_ray.pipelines.fusion_data import FusionData, build_fusion_data, fold_datasets, read_index, stages_for
+from dr_ray.pipelines.runtime import init_ray, training_dir
+from dr_ray.pipelines.train import fold_spec
+from dr_ray.training.fusion_data import class_weights, labels_for_task
+from dr_ray.training.tune import TRIAL_RESOURCES, asha, check_space, choices, search_space, trial_train_config
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "campaign"
+
+
+def campaign_stages(cfg: Config) -> tuple[str, ...]:
+    """Stages needed by any model/modalities combination the search space can draw."""
+    from dr_ray.training.ray_fusion import model_modalities
+
+    t, space = cfg.train, cfg.tune.space
+    stages: set[str] = set(t.join)
+    for model, mods in itertools.product(choices(space, "model", t.model), choices(space, "modalities",
+                                                                                     list(t.modalities))):
+        stages.update(stages_for(model_modalities(trial_train_config(t, {"model": model, "modalities": mods}))))
+    return tuple(sorted(stages))
+
+
+def _trial(config: dict, *, ctx: dict) -> None:
+    """Function trainable: one Ray Train run of the sampled settings on the campaign's fold."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from dr_ray.training.ray_fusion import fit_fold, model_modalities
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    t: TrainConfig = trial_train_config(ctx["train"], config)
+    gpus = float(ctx["gpus_per_worker"])
+    if gpus > 0:
+        t = dataclasses.replace(t, use_gpu=True)
+    data: FusionData = ctx["data"]
+    index: pa.Table = ctx["index"]
+    fold = int(ctx["fold"])
+    modalities = model_modalities(t)
+    spec = fold_spec(t, data, modalities, index, fold)
+    labels = labels_for_task(index.column(C.GRADE).to_pylist(), t.task)
+    train_labels = labels[np.asarray(index.column(C.FOLD).to_pylist()) != fold]
+    train_ds, val_ds = fold_datasets(data, spec, fold, decode_batch_size=t.decode_batch_size,
+                                     decode_cpus=t.decode_cpus, augment=t.augment)
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
+    fit_fold(t, spec, fold=fold, datasets={"train": train_ds, "val": val_ds},
+             class_weights=class_weights(train_labels, t.num_classes).tolist(), storage_path=ctx["storage"],
+             name=f"trial_{trial_id}", callbacks=[TuneReportCallback()], resources_per_worker=resources)
+
+
+def results_table(results, metric: str, mode: str):
+    """One row per trial: trial folder, status (and error), the sampled settings (``config/<key>``), epochs run,
+    and the metrics of its best epoch by ``metric`` (``mode``); sorted best first."""
+    import json
+
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        row: dict = {"trial": Path(r.path).name if r.path else None, "status": "ERROR" if r.error else "OK",
+                     "error": None if r.error is None else str(r.error).splitlines()[0][:500]}
+        row.update({f"config/{k}": (json.dumps(v) if isinstance(v, (list, tuple)) else v)
+                    for k, v in (r.config or {}).items()})
+        md = r.metrics_dataframe
+        if md is not None and len(md) and metric in md:
+            best = md.loc[md[metric].idxmax() if mode == "max" else md[metric].idxmin()]
+            row["epochs"] = int(md["training_iteration"].max())
+            row["best_epoch"] = int(best["training_iteration"])
+            row.update({k: best[k] for k in md.columns
+                        if k.startswith("val_") or k in ("train_loss", "train_rows_per_s", "busy_fraction")})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    return df.sort_values(metric, ascending=(mode == "min"), na_position="last") if metric in df else df
+
+
+def run_tune(cfg: Config) -> dict:
+    """Run (or resume) the ASHA campaign; returns {"best": {...}, "results_path", "best_config_path", ...}."""
+    import ray.tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    t, tc = cfg.train, cfg.tune
+    if tc.max_epochs:
+        t = dataclasses.replace(t, epochs=tc.max_epochs)
+    check_space(t, tc.space)
+    out = training_dir(cfg, tc.name, "tune")
+    data = build_fusion_data(cfg, campaign_stages(cfg))
+    index = read_index(data, t.stats_features)
+    folds = sorted(int(f) for f in set(index.column(C.FOLD).to_pylist()) if f is not None)
+    if tc.fold not in folds:
+        raise ValueError(f"tune.fold={tc.fold}: the joined data has folds {folds}")
+    init_ray(cfg.ray)
+    ctx = {"train": t, "data": data, "index": index, "fold": tc.fold, "storage": str(out / "trials"),
+           "gpus_per_worker": tc.gpus_per_worker}
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(_trial, ctx=ctx), TRIAL_RESOURCES)
+    path = out / EXPERIMENT
+    if ray.tune.Tuner.can_restore(str(path)):
+        log.info("tune %s: restoring the campaign in %s", tc.name, path)
+        tuner = ray.tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        callbacks = []
+        if t.mlflow_uri:
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            from dr_ray.training.ray_fusion import allow_file_store
+
+            allow_file_store(t.mlflow_uri)
+            callbacks.append(MLflowLoggerCallback(tracking_uri=t.mlflow_uri, experiment_name=t.mlflow_experiment,
+                                                  save_artifact=False))
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space=search_space(tc.space),
+            tune_config=ray.tune.TuneConfig(
+                metric=tc.metric, mode=tc.mode, num_samples=tc.num_samples,
+                scheduler=asha(max_t=t.epochs, grace_period=tc.grace_period, reduction_factor=tc.reduction_factor),
+                # seeded random search; the concurrency limit goes here (Tune ignores max_concurrent_trials when a
+                # BasicVariantGenerator is passed)
+                search_alg=BasicVariantGenerator(random_state=tc.seed, max_concurrent=tc.max_concurrent)),
+            run_config=ray.tune.RunConfig(storage_path=str(out), name=EXPERIMENT, callbacks=callbacks or None),
+        )
+    results = tuner.fit()
+    errors = [str(e) for e in results.errors]
+    ok = [r for r in results if r.error is None and r.metrics]
+    if not ok:
+        raise RuntimeError(f"tune {tc.name}: every trial failed: {errors[:3]}")
+    df = results_table(results, tc.metric, tc.mode)
+    df.to_parquet(out / "results.parquet", index=False)
+    df.to_csv(out / "results.csv", index=False)
+    try:
+        best = results.get_best_result(metric=tc.metric, mode=tc.mode, scope="all")
+    except RuntimeError as e:  # every trial's metric was NaN
+        raise ValueError(f"tune {tc.name}: {tc.metric} is undefined in every trial ({e}); an AUC is undefined on a "
+                         f"validation fold with one class: use tune.metric=val_loss (mode min) or more data") from e
+    # the best settings, cross-validated on every fold (the campaign saw one)
+    best_train = trial_train_config(cfg.train, {**best.config, "folds": []}, name=f"{tc.name}_best")
+    best_cfg = to_dict(cfg)
+    best_cfg["train"] = to_dict(best_train)
+    best_path = out / "best_train.yaml"
+    header = (f"# Best trial of the tune campaign {tc.name!r} ({tc.metric} {tc.mode}) on fold {tc.fold}:\n"
+              f"#   dr-ray train --config {best_path}\n")
+    best_path.write_text(header + yaml.safe_dump(best_cfg, sort_keys=False))
+    best_metrics = best.metrics_dataframe
+    best_value = (best_metrics[tc.metric].max() if tc.mode == "max" else best_metrics[tc.metric].min()) \
+        if best_metrics is not None and tc.metric in best_metrics else None
+    return {"name": tc.name, "trials": len(results), "completed": len(ok), "errors": errors,
+            "best": {"config": best.config, tc.metric: None if best_value is None else float(best_value),
+                     "path": best.path},
+            "results_path": str(out / "results.parquet"), "results_csv": str(out / "results.csv"),
+            "best_config_path": str(best_path), "campaign": str(path), "data": data.as_dict()}
+
+
+__all__ = ["EXPERIMENT", "campaign_stages", "results_table", "run_tune"]

@@ -1,0 +1,321 @@
+"""The Ray part of classifier training: a Ray Train V2 ``TorchTrainer`` around :mod:`dr_ray.training.classify`.
+
+Data arrive as Ray Data shards (``get_dataset_shard("train")`` split equally over the workers for DDP,
+``"val"`` split unequally so that every validation row is scored exactly once), decoded and augmented by Ray Data
+CPU tasks, batched with :func:`dr_ray.training.fusion_data.collate` (vessel graphs as a torch_geometric ``Batch``).
+Each epoch: train (DDP), predict the validation shard on every worker, gather the predictions so that all
+workers compute the same metrics, step ``ReduceLROnPlateau`` on the validation loss, early-stop (paper 4.2), and
+report with a checkpoint: ``state.pt`` (model, optimizer, scheduler, early stopping, epochs done), ``best.pt`` (the
+weights of the epoch with the lowest validation loss) and ``history.json``. A replaced worker (``FailureConfig``)
+or a rerun with the same storage path and name resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from dr_ray.config.schema import TrainConfig
+from dr_ray.training.fusion_data import NODE_INPUT_DIM, InputSpec
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+BEST_FILE = "best.pt"
+HISTORY_FILE = "history.json"
+FUSION_MODELS = ("cross_feature_fusion", "dcat", "graph_fusion")
+
+
+def classifier_kwargs(t: TrainConfig, spec: InputSpec | None = None) -> dict[str, Any]:
+    """``create_model`` keyword arguments of ``t.model`` from the train config (and the data's input spec:
+    lesion kinds, stats width). Without ``spec`` (probing the modalities) the data-dependent sizes take defaults."""
+    kw: dict[str, Any] = {"num_classes": t.num_classes, "input_size": t.image_size, "dropout": t.dropout}
+    if t.backbone:
+        kw["backbone"] = t.backbone
+    if t.modalities:
+        kw["modalities"] = list(t.modalities)
+    if t.model in FUSION_MODELS:
+        kw.update(hidden_dim=t.hidden_dim, heads=t.heads, fusion_layers=t.fusion_layers)
+    if t.model == "cross_feature_fusion":
+        kw["lesion_size"] = t.lesion_size
+        if spec is not None and spec.lesion_kinds:
+            kw["lesion_kinds"] = len(spec.lesion_kinds)
+    if t.model == "graph_fusion":
+        kw.update(gnn_layers=t.gnn_layers, node_features=NODE_INPUT_DIM, stats_dim=2 * len(t.stats_features))
+    return kw
+
+
+def build_classifier(t: TrainConfig, spec: InputSpec | None = None, *, pretrained: bool | None = None):
+    """The classifier of ``t`` (``pretrained`` defaults to ``t.pretrained``)."""
+    from dr_ray.models import create_model
+
+    return create_model(t.model, pretrained=t.pretrained if pretrained is None else pretrained,
+                        **classifier_kwargs(t, spec))
+
+
+def model_modalities(t: TrainConfig) -> tuple[str, ...]:
+    """The modalities ``t``'s model uses (builds it once without weights: ~1 s)."""
+    return tuple(build_classifier(t, pretrained=False).modalities)
+
+
+def init_encoders(model, t: TrainConfig) -> list[str]:
+    """Load ``train.image_encoder_init`` / ``lesion_encoder_init`` (encoder.pt of a train-lesions run) into the
+    model's branches (poster Table 2 transfer); returns what was loaded."""
+    from dr_ray.models.transfer import load_encoder_file
+
+    done = []
+    for branch, path in (("image", t.image_encoder_init), ("lesion", t.lesion_encoder_init)):
+        if not path:
+            continue
+        if not hasattr(model, "load_segmentation_encoder"):
+            raise ValueError(f"train.{branch}_encoder_init is set but {t.model} has no segmentation-encoder "
+                             f"transfer (use cross_feature_fusion)")
+        state, meta = load_encoder_file(path)
+        model.load_segmentation_encoder(state, branch)
+        done.append(f"{branch} <- {path} ({meta.get('encoder')}, from {meta.get('source_model')})")
+    return done
+
+
+def batch_collate():
+    """:func:`dr_ray.training.fusion_data.collate` as the ``NumpyBatchCollateFn`` Ray Data's
+    ``iter_torch_batches`` takes (plain functions are deprecated there since Ray 2.47)."""
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    from dr_ray.training.fusion_data import collate
+
+    class _Collate(NumpyBatchCollateFn):
+        def __call__(self, batch):
+            return collate(batch)
+
+    return _Collate()
+
+
+def _gather(obj: Any) -> list[Any]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def val_data_config():
+    """A ``ray.train.DataConfig`` that splits "train" equally (DDP needs the same number of steps per worker) and
+    "val" unequally (no validation row is dropped; predictions are gathered)."""
+    import ray.train
+
+    class _FusionDataConfig(ray.train.DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            if set(datasets) != {"val"}:
+                return super().configure(datasets, world_size, worker_handles, worker_node_ids, **kwargs)
+            ds = datasets["val"].copy(datasets["val"])
+            ds.context.execution_options = self._resolve_execution_options("val")
+            splits = ds.streaming_split(world_size, equal=False,
+                                        locality_hints=worker_node_ids if self._enable_shard_locality else None)
+            return [{"val": s} for s in splits]
+
+    return _FusionDataConfig()
+
+
+def tensorboard_callback(logdir: str):
+    """A Ray Train ``UserCallback`` (run by the controller) writing every reported metric (rank 0's) as TensorBoard
+    scalars under ``logdir`` with tensorboardX, the writer Ray Tune's default TensorBoard logger uses."""
+    from ray.train import UserCallback
+
+    class _TB(UserCallback):
+        def __init__(self) -> None:
+            self.logdir = logdir
+            self._writer = None
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            from tensorboardX import SummaryWriter
+
+            if self._writer is None:
+                self._writer = SummaryWriter(self.logdir)
+            m = metrics[0]
+            step = int(m.get("epoch", 0))
+            for k, v in m.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+                    self._writer.add_scalar(k, v, step)
+            self._writer.flush()
+
+    return _TB()
+
+
+def allow_file_store(uri: str) -> None:
+    """MLflow 3 refuses a file-store tracking URI (``file:///...``, a plain path) unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``: a user who configured one asked for it, so it is allowed here, with a warning
+    (MLflow keeps that backend in maintenance mode; ``sqlite:///...`` or a server are the alternatives)."""
+    import os
+
+    if uri.startswith("file:") or "://" not in uri:
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE") is None:
+            log.warning("train.mlflow_uri=%s is an MLflow file store, which MLflow 3 keeps in maintenance mode; "
+                        "allowing it (MLFLOW_ALLOW_FILE_STORE=true). Use sqlite:///... or a tracking server to "
+                        "avoid this.", uri)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+
+def _restore(model, optimizer, scheduler, stopper) -> tuple[int, list[dict], dict | None]:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, [], None
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        best = torch.load(Path(d) / BEST_FILE, map_location="cpu", weights_only=True)
+        history = json.loads((Path(d) / HISTORY_FILE).read_text())
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    stopper.load_state_dict(state["stopper"])
+    log.info("resuming after epoch %d (best epoch %d)", int(state["epoch"]), stopper.best_epoch)
+    return int(state["epoch"]), history, best
+
+
+def _save(d: str, *, model, optimizer, scheduler, stopper, epoch: int, best: dict, history: list[dict]) -> None:
+    from dr_ray.training.loops import unwrap
+
+    torch.save({"model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "stopper": stopper.state_dict(), "epoch": epoch}, Path(d) / STATE_FILE)
+    torch.save(best, Path(d) / BEST_FILE)
+    (Path(d) / HISTORY_FILE).write_text(json.dumps(history, indent=1, allow_nan=True))
+
+
+def load_best(checkpoint_dir: str | Path) -> tuple[dict, list[dict]]:
+    """(best weights, history) of a checkpoint written by :func:`fusion_loop_per_worker`."""
+    d = Path(checkpoint_dir)
+    best = torch.load(d / BEST_FILE, map_location="cpu", weights_only=True)
+    return best, json.loads((d / HISTORY_FILE).read_text())
+
+
+def fusion_loop_per_worker(lc: dict) -> None:
+    """Ray Train worker. ``lc``: cfg (TrainConfig), spec (InputSpec dict), class_weights (list or None),
+    fold (int), mlflow (dict or None: tracking_uri, experiment_name, run_name, params)."""
+    import ray.train
+    import ray.train.torch
+
+    from dr_ray.pipelines.faults import maybe_inject  # the fault-injection test hook (never set in production)
+    from dr_ray.training.classification_metrics import classification_metrics
+    from dr_ray.training.classify import EarlyStopping, loss_function, predict, train_epoch, weighted_nll
+    from dr_ray.training.loops import finite_or_none, unwrap
+
+    t: TrainConfig = lc["cfg"]
+    spec = InputSpec.from_dict(lc["spec"])
+    weights = lc.get("class_weights")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    amp = t.amp_bf16 and device.type == "cuda"
+    torch.manual_seed(t.seed)  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
+    model = build_classifier(t, spec)
+    loaded = init_encoders(model, t)
+    if loaded and rank == 0:
+        log.info("encoder transfer: %s", "; ".join(loaded))
+    mean, std = model.spec.mean, model.spec.std
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=t.plateau_factor,
+                                                           patience=t.plateau_patience)
+    stopper = EarlyStopping(t.early_stop_patience)
+    start, history, best = _restore(model, optimizer, scheduler, stopper)
+    if best is None:
+        best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if device.type == "cuda":
+        model = model.to(device, memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    loss_fn = loss_function(weights if t.class_balance == "weight" else None, device)
+    val_weights = np.asarray(weights, np.float64) if (weights is not None and t.class_balance == "weight") else None
+
+    mlflow = None
+    if lc.get("mlflow") and rank == 0:
+        from ray.air.integrations.mlflow import setup_mlflow
+
+        m = lc["mlflow"]
+        allow_file_store(m["tracking_uri"])
+        mlflow = setup_mlflow(config=m["params"], tracking_uri=m["tracking_uri"], experiment_name=m["experiment_name"],
+                              run_name=m["run_name"], create_experiment_if_not_exists=True)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    fold = int(lc["fold"])
+    collate = batch_collate()
+    for epoch in range(start, t.epochs):
+        maybe_inject("train", f"fold_{fold}_epoch_{epoch + 1}")
+        t0 = time.perf_counter()
+        batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, prefetch_batches=2,
+                                                 local_shuffle_buffer_size=t.shuffle_buffer or None)
+        lr = optimizer.param_groups[0]["lr"]
+        tr = train_epoch(model, batches, optimizer, loss_fn, device, mean=mean, std=std, amp=amp)
+        ids, labels, probs = predict(unwrap(model), val_shard.iter_torch_batches(
+            batch_size=t.batch_size, collate_fn=collate, prefetch_batches=2), device, mean=mean, std=std, amp=amp)
+        parts = _gather((ids, labels, probs))
+        ids = [i for p in parts for i in p[0]]
+        if not ids:
+            raise ValueError(f"fold {fold}: the validation split is empty")
+        labels = np.concatenate([p[1] for p in parts if len(p[1])])
+        probs = np.concatenate([p[2] for p in parts if len(p[2])])
+        val_loss = weighted_nll(labels, probs, val_weights)
+        scheduler.step(val_loss)
+        if stopper.step(val_loss, epoch + 1):
+            best = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+        val = classification_metrics(labels, probs)
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1, "fold": fold, "start_epoch": start, "lr": lr,
+            "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "train_rows": int(tr["rows"]) * world,
+            "train_rows_per_s": tr["rows"] * world / max(tr["seconds"], 1e-9),
+            "busy_fraction": tr["busy_fraction"], "val_rows": len(ids), "val_loss": val_loss,
+            **{f"val_{k}": v for k, v in val.items()},
+            "best_epoch": stopper.best_epoch, "best_val_loss": stopper.best, "seconds": time.perf_counter() - t0,
+        }
+        # Ray gets NaN for an undefined metric (AUC of a one-class fold): Tune's schedulers need numbers; the
+        # history (JSON) keeps None
+        if mlflow is not None:
+            mlflow.log_metrics({k: v for k, v in finite_or_none(metrics).items() if isinstance(v, (int, float))},
+                               step=epoch + 1)
+        if rank == 0:
+            history.append(finite_or_none(metrics))
+            log.info("fold %d epoch %d/%d: %s", fold, epoch + 1, t.epochs,
+                     {k: metrics[k] for k in ("train_loss", "val_loss", "val_auc", "val_accuracy")})
+            with tempfile.TemporaryDirectory() as tmp:
+                _save(tmp, model=model, optimizer=optimizer, scheduler=scheduler, stopper=stopper, epoch=epoch + 1,
+                      best=best, history=history)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+        else:
+            ray.train.report(metrics)
+        if stopper.should_stop:
+            log.info("fold %d: early stop after epoch %d (best epoch %d, val loss %.4f)", fold, epoch + 1,
+                     stopper.best_epoch, stopper.best)
+            break
+    if mlflow is not None:
+        mlflow.end_run()
+
+
+def fit_fold(t: TrainConfig, spec: InputSpec, *, fold: int, datasets: dict, class_weights: Sequence[float] | None,
+             storage_path: str, name: str, callbacks: Sequence = (), mlflow: dict | None = None,
+             resources_per_worker: dict | None = None, trainer_only: bool = False):
+    """Train (or resume) one fold; returns the ``ray.train.Result`` (or, ``trainer_only``, the unstarted trainer)."""
+    from dr_ray.training.ray_train import fit_and_release, make_trainer
+
+    lc = {"cfg": t, "spec": spec.to_dict(), "class_weights": None if class_weights is None else list(class_weights),
+          "fold": fold, "mlflow": mlflow}
+    trainer = make_trainer(fusion_loop_per_worker, lc, num_workers=t.num_workers, use_gpu=t.use_gpu,
+                           storage_path=storage_path, name=name, keep_checkpoints=2, max_failures=t.max_failures,
+                           datasets=datasets, data_config=val_data_config(), callbacks=callbacks,
+                           resources_per_worker=resources_per_worker or {"CPU": t.cpus_per_worker,
+                                                                         **({"GPU": 1} if t.use_gpu else {})})
+    return trainer if trainer_only else fit_and_release(trainer)
+
+
+__all__ = ["FUSION_MODELS", "build_classifier", "classifier_kwargs", "fit_fold", "fusion_loop_per_worker",
+           "allow_file_store", "init_encoders", "load_best", "model_modalities", "tensorboard_callback", "val_data_config"]

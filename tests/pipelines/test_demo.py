@@ -1,0 +1,83 @@
+"""The README's main command (`make demo` = `dr-ray demo --config configs/demo.yaml`) in its smoke form: the whole
+chain preprocess -> train-vessels -> vessels -> train-lesions -> pseudo-labels -> train -> tune -> evaluate from
+the command line, one fresh local Ray; every stage's outputs checked once it has run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    exe = Path(sys.executable).with_name("dr-ray")
+    cmd = [str(exe), "demo", "--config", str(REPO / "configs" / "demo.yaml"), "--smoke-test",
+           "--set", f"output.dir={out}", "--set", "ray.num_cpus=2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1500,
+                         env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    return out, res.stdout
+
+
+@pytest.mark.slow
+def test_demo_prints_every_stage_and_the_report(demo):
+    out, stdout = demo
+    for stage in ("preprocess:", "train-vessels:", "vessels:", "train-lesions:", "pseudo-labels:", "train:",
+                  "tune:", "evaluate:", "stage times:"):
+        assert stage in stdout, stage
+    assert f"report: {out}/train_smoke/evaluation/report.html" in stdout
+    assert "[reconciles]" in stdout
+
+
+@pytest.mark.slow
+def test_demo_stage_outputs_reconcile(demo):
+    out, _ = demo
+    pre = json.loads((out / "preprocess" / "summary.json").read_text())
+    # smoke: 3 synthetic patients (6 images) + 3 broken files, limit 8 -> 8 rows in
+    assert pre["catalog_rows"] == 8 and pre["reconciles"] and pre["label_problems"] == 1
+    for stage in ("vessels", "pseudo_labels"):
+        s = json.loads((out / stage / "summary.json").read_text())
+        assert s["reconciles"] and s["catalog_rows"] == pre["written"], stage
+    (data,) = [p for p in (out / "fusion_data").iterdir() if p.is_dir()]
+    joined = json.loads((data / "_SUCCESS.json").read_text())
+    assert joined["rows_in"] == pre["written"] == joined["written"] + joined["quarantined"]
+
+
+@pytest.mark.slow
+def test_demo_train_tune_evaluate_outputs(demo):
+    from dr_ray.config import load_config
+    from dr_ray.models import load_model_dir
+
+    out, _ = demo
+    cv = json.loads((out / "train_smoke" / "cv.json").read_text())
+    assert cv["model"] == "graph_fusion" and [f["fold"] for f in cv["folds"]] == [0]
+    model, meta = load_model_dir(out / "train_smoke" / "fold_0" / "model")
+    assert meta["extra"]["fold"] == 0 and meta["spec"]["kwargs"]["modalities"] == ["image", "graph", "stats"]
+
+    import pandas as pd
+
+    res = pd.read_csv(out / "tune_smoke" / "results.csv")
+    assert len(res) == 2 and set(res["status"]) == {"OK"}
+    assert {"config/lr", "config/dropout", "val_loss", "val_auc", "epochs"} <= set(res.columns)
+    assert res["val_loss"].is_monotonic_increasing  # best (lowest val_loss: tune.metric in the smoke) first
+    best = load_config(out / "tune_smoke" / "best_train.yaml")  # ready to run: a complete, valid config
+    assert best.train.name == "tune_smoke_best" and best.train.folds == ()
+    top = res.iloc[0]
+    assert best.train.lr == pytest.approx(top["config/lr"]) and best.train.dropout == pytest.approx(
+        top["config/dropout"])
+    raw = yaml.safe_load((out / "tune_smoke" / "best_train.yaml").read_text())
+    assert raw["output"]["dir"] == str(out)
+
+    report = (out / "train_smoke" / "evaluation" / "report.html").read_text()
+    assert "Cross-validation (out-of-fold)" in report and "Grad-CAM" in report
+    metrics = json.loads((out / "train_smoke" / "evaluation" / "metrics.json").read_text())
+    assert metrics["counts"][0]["rows_in"] == metrics["counts"][0]["predicted"] + metrics["counts"][0]["quarantined"]

@@ -1,0 +1,180 @@
+"""Classifier inputs without Ray: labels, class weights, biomarker standardisation, row decoding with a shared
+geometric augmentation, graph arrays -> torch_geometric batches, device normalisation."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dr_ray.imaging import encode_lesion_maps, encode_png
+from dr_ray.io import columns as C
+from dr_ray.training.fusion_data import (
+    NODE_INPUT_DIM,
+    InputSpec,
+    class_weights,
+    collate,
+    decode_rows,
+    graph_data,
+    labels_for_task,
+    node_inputs,
+    stats_normalisation,
+    stats_vector,
+    to_device,
+)
+
+
+def test_labels_for_task():
+    assert labels_for_task([0, 1, 2, 3, 4], "referable").tolist() == [0, 0, 1, 1, 1]
+    assert labels_for_task([0, 1, 2, 3, 4], "grade").tolist() == [0, 1, 2, 3, 4]
+    for bad in ([5], [-1], [None], [1.5]):
+        with pytest.raises(ValueError, match="ICDR grades"):
+            labels_for_task(bad, "referable")
+    with pytest.raises(ValueError, match="task"):
+        labels_for_task([0], "binary")
+
+
+def test_class_weights_inverse_frequency():
+    # 3 x class 0, 1 x class 1: n / count / classes present
+    np.testing.assert_allclose(class_weights([0, 0, 0, 1], 2), [4 / 3 / 2, 4 / 1 / 2])
+    w = class_weights([0, 0, 1, 1, 1, 1], 5)  # grades absent from training weigh 1 (they still count in validation)
+    np.testing.assert_allclose(w, [6 / 2 / 2, 6 / 4 / 2, 1, 1, 1])
+    with pytest.raises(ValueError, match="0..1"):
+        class_weights([0, 2], 2)
+    with pytest.raises(ValueError, match="empty"):
+        class_weights([], 2)
+
+
+def test_stats_standardisation_and_missing_flags():
+    vals = {"fractal_dimension": [1.2, 1.4, None, 1.6], "avr_knudtson": [None, None, None, 0.7]}
+    mean, std = stats_normalisation(vals, ["fractal_dimension", "avr_knudtson"])
+    assert mean[0] == pytest.approx(1.4) and std[0] == pytest.approx(np.std([1.2, 1.4, 1.6]))
+    assert (mean[1], std[1]) == (pytest.approx(0.7), 1.0)  # a single measured value: only its flag carries
+    spec = InputSpec(modalities=("image", "stats"), task="referable", image_size=32,
+                     stats_features=("fractal_dimension", "avr_knudtson"), stats_mean=mean, stats_std=std)
+    v = stats_vector(vals, spec)
+    assert v.shape == (4, spec.stats_dim) == (4, 4)
+    np.testing.assert_allclose(v[:, 0], [(1.2 - 1.4) / std[0], 0.0, 0.0, (1.6 - 1.4) / std[0]], atol=1e-6)
+    np.testing.assert_array_equal(v[:, 2], [0, 0, 1, 0])  # missing fractal dimension of row 2
+    np.testing.assert_array_equal(v[:, 3], [1, 1, 1, 0])
+    with pytest.raises(ValueError, match="glcm_entropy"):
+        stats_normalisation(vals, ["glcm_entropy"])
+
+
+def _rows(n: int = 2, size: int = 64, map_size: int = 16):
+    """Joined rows: an image with one bright pixel and lesion maps with one bright pixel at the same spot."""
+    images, maps, xs, eis = [], [], [], []
+    for i in range(n):
+        img = np.full((size, size, 3), 40, np.uint8)
+        img[4 * (i + 1):4 * (i + 1) + 4, 8:12] = 250  # a 4x4 block, top-left-ish
+        images.append(encode_png(img))
+        m = np.zeros((4, map_size, map_size), np.uint8)
+        m[1, (i + 1):(i + 1) + 1, 2:3] = 255  # the same place at the map's scale (64 / 16 = 4)
+        maps.append(encode_lesion_maps(m))
+        # graph: 3 nodes in a path (2 edges, both directions)
+        x = np.array([[3.0, 10.0, 4.0, 1, 2, 1], [2.0, np.nan, np.nan, 2, 1, 2], [1.0, 5.0, 2.0, -1, 1, 2]],
+                     np.float32)
+        ei = np.array([[0, 1, 1, 2], [1, 2, 0, 1]], np.int64)
+        xs.append(x.ravel())
+        eis.append(ei.ravel())
+    return {C.IMAGE_ID: [f"img{i}" for i in range(n)], C.GRADE: [0, 3][:n] + [2] * max(0, n - 2),
+            C.FOLD: [0] * n, C.IMAGE_PNG: images, C.LESION_MAPS_PNG: maps,
+            C.LESION_MAP_KINDS: ["ma,he,ex,se"] * n, C.N_NODES: [3] * n, C.N_EDGES: [2] * n,
+            C.GRAPH_X: xs, C.GRAPH_EDGE_INDEX: eis,
+            "fractal_dimension": [1.3, None][:n] + [1.4] * max(0, n - 2)}
+
+
+def _spec(**kw):
+    base = dict(modalities=("image", "lesion", "graph", "stats"), task="referable", image_size=32, lesion_size=8,
+                lesion_kinds=("ma", "he", "ex", "se"), stats_features=("fractal_dimension",), stats_mean=(1.3,),
+                stats_std=(0.1,))
+    base.update(kw)
+    return InputSpec(**base)
+
+
+def test_decode_rows_without_augmentation_resizes_exactly():
+    rows = _rows()
+    out = decode_rows(rows, _spec())
+    assert out["image"].shape == (2, 32, 32, 3) and out["image"].dtype == np.uint8
+    from dr_ray.imaging import decode_png
+
+    ref = cv2.resize(decode_png(rows[C.IMAGE_PNG][1]), (32, 32), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(out["image"][1], ref)
+    assert out["lesion"].shape == (2, 4, 8, 8)
+    assert out["label"].tolist() == [0, 1]
+    np.testing.assert_allclose(out["stats"], [[0.0, 0.0], [0.0, 1.0]])
+    assert out["n_nodes"].tolist() == [3, 3] and out["graph_x"][0].shape == (18,)
+
+
+def test_augmentation_moves_image_and_lesion_maps_together():
+    rows = _rows(n=1, size=64, map_size=64)
+    m = np.zeros((4, 64, 64), np.uint8)
+    m[1, 4:8, 8:12] = 255  # exactly under the bright image block
+    rows[C.LESION_MAPS_PNG] = [encode_lesion_maps(m)]
+    spec = _spec(image_size=64, lesion_size=64)
+    seen = set()
+    for seed in range(12):
+        out = decode_rows(rows, spec, augment=True, rng=np.random.default_rng(seed))
+        bright = out["image"][0].min(axis=2) > 150
+        lesion = out["lesion"][0, 1] > 128
+        np.testing.assert_array_equal(bright, lesion)
+        seen.add(tuple(np.argwhere(lesion)[0]))
+    assert len(seen) >= 4  # rotations and flips really happen
+
+
+def test_decode_errors_name_the_image():
+    rows = _rows()
+    rows[C.IMAGE_PNG][1] = b"not a png"
+    with pytest.raises(ValueError, match="img1: image_png"):
+        decode_rows(rows, _spec())
+    rows = _rows()
+    rows[C.LESION_MAP_KINDS][0] = "ma,he"
+    with pytest.raises(ValueError, match="img0: lesion maps hold kinds 'ma,he'"):
+        decode_rows(rows, _spec())
+
+
+def test_node_inputs_encoding():
+    x = np.array([[np.e - 1, 0.0, 8.0, 2, 4, 1], [0.0, np.nan, np.nan, -1, 1, 2]], np.float32)
+    z = node_inputs(x)
+    assert z.shape == (2, NODE_INPUT_DIM)
+    np.testing.assert_allclose(z[0], [1.0, 0.0, 1.0, 0, 0, 1, 0, 1.0, 0, 1, 0], atol=1e-6)
+    np.testing.assert_allclose(z[1], [0.0, 0.0, 0.0, 1, 0, 0, 0, 0.25, 0, 0, 1], atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, 6\)"):
+        node_inputs(np.zeros((2, 5)))
+
+
+def test_graph_data_checks_sizes():
+    g = graph_data(np.zeros(18, np.float32), np.array([0, 1, 1, 0]), 3, 1)
+    assert g.num_nodes == 3 and g.edge_index.tolist() == [[0, 1], [1, 0]]
+    with pytest.raises(ValueError, match="a: graph arrays"):
+        graph_data(np.zeros(12), np.array([0, 1, 1, 0]), 3, 1, image_id="a")
+    with pytest.raises(ValueError, match="b: graph edge index outside"):
+        graph_data(np.zeros(18), np.array([0, 5, 5, 0]), 3, 1, image_id="b")
+
+
+def test_collate_batches_graphs_including_empty_ones_and_normalises_on_device():
+    rows = _rows(n=3)
+    rows[C.N_NODES][1], rows[C.N_EDGES][1] = 0, 0
+    rows[C.GRAPH_X][1], rows[C.GRAPH_EDGE_INDEX][1] = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    batch = collate(decode_rows(rows, _spec()))
+    g = batch["graph"]
+    assert g.num_graphs == 3 and g.x.shape == (6, NODE_INPUT_DIM)
+    assert g.batch.tolist() == [0, 0, 0, 2, 2, 2]  # the empty graph has no nodes but keeps its slot
+    assert g.edge_index.max().item() == 5  # edges re-indexed into the batch
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 3, 32, 32)
+    d = to_device(batch, "cpu", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    ref = (batch["image"].float() / 255 - 0.5) / 0.25
+    assert torch.allclose(d["image"], ref)
+    assert torch.allclose(d["lesion"], batch["lesion"].float() / 255)
+
+
+def test_input_spec_round_trip_and_checks():
+    s = _spec()
+    assert InputSpec.from_dict(s.to_dict()) == s
+    assert s.stats_dim == 2 and s.num_classes == 2
+    with pytest.raises(ValueError, match="lesion_kinds"):
+        _spec(lesion_kinds=())
+    with pytest.raises(ValueError, match="modalities"):
+        _spec(modalities=("image", "text"))
+    assert C.GRAPH_X in s.columns() and "fractal_dimension" in s.columns()
