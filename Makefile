@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/dr-ray demo --config configs/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_decode.py

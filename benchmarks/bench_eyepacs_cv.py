@@ -2,7 +2,7 @@
 -> preprocess -> vessels (a U-Net trained here on DRIVE) -> GraphFusion and a baseline, each with patient-level
 5-fold cross-validation on Ray Train, referable-DR AUC per fold with its 95% CI and the paired test.
 
-    python benchmarks/bench_eyepacs_cv.py [--out outputs/eyepacs_cv] [--epochs 15] [--size 256]
+    python benchmarks/bench_eyepacs_cv.py [--out outputs/eyepacs_cv] [--epochs 15] [--patience 5] [--size 256]
         [--baseline efficientnet_b0] [--vessel-epochs 15] [--skip-vessel-training] [--json OUT]
 
 Every stage runs as its command would (``run_preprocess``, ``run_train_vessels``, ``run_vessels``, ``run_train``)
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "eyepacs_cv")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     ap.add_argument("--baseline", default="efficientnet_b0")
     ap.add_argument("--vessel-epochs", type=int, default=15)
     ap.add_argument("--skip-vessel-training", action="store_true", help="reuse <out>/train_vessels_drive/model")
@@ -76,7 +77,7 @@ def main() -> None:
     ves = timed("vessels", run_vessels, load_config(None, [
         *base, f"vessels.model_dir={vessel_model}", "vessels.input_size=512", "vessels.batch_size=8"]))
     train = [*base, f"train.image_size={args.size}", f"train.epochs={args.epochs}", "train.batch_size=16",
-             "train.early_stop_patience=5", "train.lr=0.0003"]
+             f"train.early_stop_patience={args.patience}", "train.lr=0.0003"]
     b = timed("train-baseline", run_train, load_config(None, [*train, f"train.model={args.baseline}",
                                                                "train.name=baseline"]))
     g = timed("train-graph-fusion", run_train, load_config(None, [*train, "train.model=graph_fusion",
