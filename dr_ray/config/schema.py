@@ -159,6 +159,7 @@ class OutputConfig:
 
 VESSEL_DATASETS = ("drive", "hrf_av", "les_av", "chase_db1", "stare")  # catalog readers with vessel (or A/V) masks
 VESSEL_MODELS = ("vessel_unet",)
+GLCM_HOMOGENEITY = ("paper", "skimage")  # = dr_ray.vessels.HOMOGENEITY_VARIANTS (config does not import vessels)
 VESSEL_INPUT_MODES = ("rgb", "green_clahe")  # = dr_ray.training.data.INPUT_MODES (config does not import training)
 
 
@@ -254,6 +255,8 @@ class VesselsConfig:
     patch_px: int = 15  # node GLCM patch side (eq. 26), px, odd
     av_model: str = ""  # artery/vein classifier file; "" = the one shipped in dr_ray/vessels/data
     disc_diameter_um: float = 1800.0  # assumed optic disc diameter for the um scale (images carry no scale)
+    crx_vessels: int = 6  # CRAE/CRVE over this fixed number of widest arterioles/venules (Knudtson's 6); fewer: flagged
+    glcm_homogeneity: str = "paper"  # paper: eq. 20, 1 / (1 + |i - j|) | skimage: 1 / (1 + (i - j)^2)
 
     def __post_init__(self) -> None:
         k = "vessels."
@@ -273,6 +276,10 @@ class VesselsConfig:
                "must be an odd int in 3..255")
         _check(100.0 <= self.disc_diameter_um <= 5000.0, k + "disc_diameter_um", self.disc_diameter_um,
                "must be in 100..5000 (um)")
+        _check(not isinstance(self.crx_vessels, bool) and isinstance(self.crx_vessels, int)
+               and 2 <= self.crx_vessels <= 20, k + "crx_vessels", self.crx_vessels, "must be an int in 2..20")
+        _check(self.glcm_homogeneity in GLCM_HOMOGENEITY, k + "glcm_homogeneity", self.glcm_homogeneity,
+               f"must be one of {', '.join(GLCM_HOMOGENEITY)}")
 
 
 LESION_KIND_NAMES = ("ma", "he", "ex", "se", "irma", "nv")  # = dr_ray.io.columns.LESION_KINDS
@@ -390,10 +397,36 @@ class PseudoLabelsConfig:
         _check(0.0 < self.cpus_per_actor <= 64, k + "cpus_per_actor", self.cpus_per_actor, "must be in (0, 64]")
 
 
+@dataclass(frozen=True)
+class LabelConfig:
+    """``dr-ray label``: catalog -> preprocess -> vessel and lesion models -> graphs + biomarkers in one Ray Data
+    stream, written as the preprocess/, vessels/ and pseudo_labels/ stage folders. Result settings come from the
+    ``preprocess``, ``vessels`` and ``pseudo_labels`` sections (same config hashes as the single stages); this
+    section sizes the model actor pool."""
+
+    model_pools: str = "one"  # one: an actor holds both models (an image batch reaches the models once); two: a
+    #                           vessel pool then a lesion pool, sized by vessels.* / pseudo_labels.* (label.* unused)
+    batch_size: int = 16  # images per forward pass of each model on one actor
+    actors: int = 1  # actor pool size (model_pools=one): one per GPU on a GPU cluster
+    gpus_per_actor: float = 0.0  # 1 on a GPU cluster (both models share it); 0 = CPU inference
+    cpus_per_actor: float = 1.0  # CPU threads per actor: model input transform, lesion statistics, map encoding
+    amp_bf16: bool = True  # bf16 autocast + channels_last on GPU (ignored on CPU)
+
+    def __post_init__(self) -> None:
+        k = "label."
+        _check(self.model_pools in ("one", "two"), k + "model_pools", self.model_pools, "must be one or two")
+        _check(1 <= self.batch_size <= 4096, k + "batch_size", self.batch_size, "must be in 1..4096")
+        _check(1 <= self.actors <= 1024, k + "actors", self.actors, "must be in 1..1024")
+        _check(0.0 <= self.gpus_per_actor <= 8.0, k + "gpus_per_actor", self.gpus_per_actor, "must be in 0..8")
+        _check(0.0 < self.cpus_per_actor <= 64, k + "cpus_per_actor", self.cpus_per_actor, "must be in (0, 64]")
+
+
 CLASSIFIER_MODELS = ("graph_fusion", "cross_feature_fusion", "dcat", "resnet50", "efficientnet_b0", "swin_t", "vit_b",
                      "timm_classifier")  # dr_ray.models.classifiers
 MODALITIES = ("image", "lesion", "graph", "stats")
 TASKS = ("referable", "grade")  # referable DR (grade >= 2, 2 classes) | ICDR grade (5 classes)
+IMAGE_INPUTS = ("clahe", "segmented", "canny")  # = dr_ray.training.fusion_data.IMAGE_INPUTS
+GRAPH_FUSION_BLOCKS = ("se", "dilated", "cbam")  # = dr_ray.models.classifiers.GRAPH_FUSION_BLOCKS
 BIOMARKER_NAMES = (  # = dr_ray.io.columns.BIOMARKERS
     "vessel_density", "fractal_dimension", "branch_points", "mean_tortuosity",
     "glcm_contrast", "glcm_correlation", "glcm_energy", "glcm_homogeneity", "glcm_entropy",
@@ -414,6 +447,11 @@ class TrainConfig:
     vessel stage's graphs and biomarkers (only the stages the model's modalities need), written once to
     ``<output.dir>/fusion_data/<hash>/`` and streamed from there. Patient-level K-fold cross-validation over the
     catalog's ``fold`` column: fold k is validated on, the others are trained on.
+
+    ``stats_features``: the biomarker columns of the stats token s (paper eq. 28). Its AVR is selectable by
+    name: ``avr_parr_hubbard`` (the default, as eq. 28 says: Parr-Hubbard CRAE / CRVE, eqs. 23-25) or
+    ``avr_knudtson`` (Knudtson et al. 2003 revised formulas, AVR by eq. 25); both over the fixed
+    ``vessels.crx_vessels`` widest vessels.
     """
 
     name: str = "train"  # sub-folder of output.dir; Ray Train run per fold: <name>/ray/fold_<k> (same name resumes)
@@ -431,7 +469,14 @@ class TrainConfig:
     dropout: float = 0.1
     image_encoder_init: str = ""  # encoder.pt of a train-lesions run: initialise the image branch (poster Table 2)
     lesion_encoder_init: str = ""  # encoder.pt of a train-lesions run: initialise the lesion-map branch
-    stats_features: tuple[str, ...] = ("avr_knudtson", "fractal_dimension", "glcm_contrast", "glcm_entropy")  # eq. 28
+    lesion_backbone: str = ""  # cross_feature_fusion lesion branch (timm name); "" = lesion_encoder_init's, else resnet34
+    swin_window: int = 0  # attention window of Swin branches; 0 = the encoder.pt's / the name's (7); 8 tiles 256/512 px
+    image_input: str = "clahe"  # the image branch's input: clahe (preprocess image) | segmented (vessel
+    #                             probability map, graph paper 3.3) | canny (preprocess canny map, extra_maps)
+    graph_fusion_blocks: tuple[str, ...] = ("se", "dilated", "cbam")  # graph_fusion image blocks (Table 6 ablations)
+    # the stats token s of eq. 28: AVR (avr_parr_hubbard: eqs. 23-25, Parr-Hubbard, as eq. 28 says; avr_knudtson:
+    # Knudtson 2003 revised formulas), fractal dimension (eq. 22), mean GLCM contrast (eq. 17) and entropy (bits)
+    stats_features: tuple[str, ...] = ("avr_parr_hubbard", "fractal_dimension", "glcm_contrast", "glcm_entropy")
     epochs: int = 30
     batch_size: int = 32  # per worker
     lr: float = 1.0e-4  # Adam (paper 4.2)
@@ -482,6 +527,14 @@ class TrainConfig:
         _check(1 <= self.fusion_layers <= 48, k + "fusion_layers", self.fusion_layers, "must be in 1..48")
         _check(1 <= self.gnn_layers <= 48, k + "gnn_layers", self.gnn_layers, "must be in 1..48")
         _check(0.0 <= self.dropout < 1.0, k + "dropout", self.dropout, "must be in [0, 1)")
+        _check(self.swin_window == 0 or 1 <= self.swin_window <= 64, k + "swin_window", self.swin_window,
+               "must be 0 (the backbone's own) or a window in 1..64")
+        _check(self.image_input in IMAGE_INPUTS, k + "image_input", self.image_input,
+               f"must be one of {', '.join(IMAGE_INPUTS)}")
+        badb = [b for b in self.graph_fusion_blocks if b not in GRAPH_FUSION_BLOCKS]
+        _check(not badb and len(set(self.graph_fusion_blocks)) == len(self.graph_fusion_blocks),
+               k + "graph_fusion_blocks", list(self.graph_fusion_blocks),
+               f"must be distinct entries of {', '.join(GRAPH_FUSION_BLOCKS)} (any subset, [] = none)")
         badf = [f for f in self.stats_features if f not in BIOMARKER_NAMES]
         _check(bool(self.stats_features) and not badf and len(set(self.stats_features)) == len(self.stats_features),
                k + "stats_features", list(self.stats_features),
@@ -635,3 +688,4 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)

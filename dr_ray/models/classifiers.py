@@ -38,6 +38,7 @@ cannot switch on while BatchNorm stays in eval mode).
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,7 @@ import numpy as np
 import timm
 import torch
 from timm.data import resolve_data_config
+from timm.layers import resize_rel_pos_bias_table
 from torch import nn
 from torch_geometric.data import Batch
 
@@ -55,6 +57,7 @@ from dr_ray.models.blocks import (
     CrossAttentionBlock,
     DilatedConvBlock,
     FeatureTokens,
+    SqueezeExcite,
     tokens_to_map,
 )
 from dr_ray.models.gnn import GraphEncoder
@@ -204,9 +207,59 @@ def _features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return f.permute(0, 3, 1, 2) if fmt == "NHWC" else f
 
 
-def _feature_encoder(name: str, param: str, *, pretrained: bool, in_chans: int) -> nn.Module:
+# timm kwargs a branch sets itself (features_only net of the branch's own input size and channels)
+_RESERVED_TIMM_KWARGS = ("features_only", "pretrained", "in_chans", "img_size", "out_indices", "num_classes")
+
+
+def _swin_window(name: str, timm_kwargs: Mapping[str, Any]) -> int:
+    """The attention window a Swin v1 named ``name`` is built with: ``timm_kwargs["window_size"]`` or the name's."""
+    if "window_size" in timm_kwargs:
+        return int(timm_kwargs["window_size"])
+    named = re.search(r"window(\d+)", name)
+    return int(named.group(1)) if named else 7
+
+
+def branch_timm_kwargs(name: str, param: str, input_size: int,
+                       timm_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``timm.create_model`` kwargs of a feature branch ``name`` that sees ``input_size`` px inputs.
+
+    ``timm_kwargs``: extra kwargs of the branch (JSON-serialisable; e.g. ``window_size``, or ``embed_dim`` /
+    ``depths`` / ``num_heads`` of a lighter Swin, as a ``train-lesions`` encoder.json records them); the keys in
+    ``_RESERVED_TIMM_KWARGS`` are set by the branch itself and refused. Models with a fixed input size get
+    ``img_size=input_size``; a Swin v1 also gets its window (the name's unless given), checked by
+    :func:`~dr_ray.models.swin_unet.check_swin_input_size`: every stage grid ``input_size / 4·2^s`` must be
+    <= the window or a multiple of it, since timm zero-pads other grids into unmasked attention. Window 7 (the
+    ImageNet checkpoints) allows multiples of 224 px; window 8 allows 256, 512, 1024 (timm resamples the
+    relative-position tables of pretrained weights, and :meth:`CrossFeatureFusion.load_segmentation_encoder`
+    those of an exported encoder, to another window).
+    """
+    kw = dict(timm_kwargs or {})
+    try:
+        json.dumps(kw)
+    except TypeError as e:
+        raise ValueError(f"{param}_kwargs must be JSON-serialisable (they go into the model spec), got {kw!r}") from e
+    reserved = sorted(set(kw) & set(_RESERVED_TIMM_KWARGS))
+    if reserved:
+        raise ValueError(f"{param}_kwargs must not set {reserved}: the branch sets them (input size / channels)")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if name.startswith("swin_"):  # Swin v1 (swinv2_* names do not match)
+        kw["img_size"] = input_size
+        kw["window_size"] = _swin_window(name, kw)
+        try:
+            check_swin_input_size(input_size, kw["window_size"])
+        except ValueError as e:
+            raise ValueError(f"{param} {name!r} at {input_size} px: {e} (window via train.swin_window)") from None
+    elif cfg is not None and cfg.fixed_input_size:
+        kw["img_size"] = input_size
+    return kw
+
+
+def _feature_encoder(name: str, param: str, *, pretrained: bool, in_chans: int, input_size: int,
+                     timm_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """timm ``features_only`` net for a branch seeing (B, in_chans, input_size, input_size) inputs."""
     _check_timm_name(name, param)
-    enc = create_encoder(name, pretrained=pretrained, in_chans=in_chans)
+    enc = create_encoder(name, pretrained=pretrained, in_chans=in_chans,
+                         **branch_timm_kwargs(name, param, input_size, timm_kwargs))
     fmt = getattr(enc, "output_fmt", "NCHW")
     if fmt not in ("NCHW", "NHWC"):
         raise ValueError(f"{param} {name!r} gives {fmt} features; need a CNN/Swin-like feature map")
@@ -373,16 +426,19 @@ class CrossFeatureFusion(nn.Module):
 
     def __init__(self, *, num_classes: int, pretrained: bool, input_size: int, dropout: float, backbone: str,
                  lesion_backbone: str, lesion_kinds: int, lesion_size: int, hidden_dim: int, heads: int,
-                 fusion_layers: int, modalities: tuple[str, ...]) -> None:
+                 fusion_layers: int, modalities: tuple[str, ...], backbone_kwargs: Mapping[str, Any] | None = None,
+                 lesion_backbone_kwargs: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.modalities = modalities
         self.input_size, self.lesion_kinds, self.lesion_size = input_size, lesion_kinds, lesion_size
         self.gradcam_layout = "NCHW"
-        self.image_encoder = _feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3)
+        self.image_encoder = _feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3,
+                                              input_size=input_size, timm_kwargs=backbone_kwargs)
         self.image_tokens = FeatureTokens(self.image_encoder.feature_info.channels()[-1], hidden_dim)
         if "lesion" in modalities:
-            self.lesion_encoder: nn.Module | None = _feature_encoder(lesion_backbone, "lesion_backbone",
-                                                                     pretrained=pretrained, in_chans=lesion_kinds)
+            self.lesion_encoder: nn.Module | None = _feature_encoder(
+                lesion_backbone, "lesion_backbone", pretrained=pretrained, in_chans=lesion_kinds,
+                input_size=lesion_size, timm_kwargs=lesion_backbone_kwargs)
             self.lesion_tokens: nn.Module | None = FeatureTokens(self.lesion_encoder.feature_info.channels()[-1],
                                                                  hidden_dim)
             self.fusion = nn.ModuleList(CrossAttentionBlock(hidden_dim, heads, dropout) for _ in range(fusion_layers))
@@ -426,6 +482,11 @@ class CrossFeatureFusion(nn.Module):
         The segmentation encoder saw normalised RGB fundus images, the lesion branch sees probability maps in
         [0, 1]: the adapted stem is a warm start, not an equivalent network.
 
+        A Swin encoder trained with another attention window (e.g. a window-7 Swin U-Net into a window-8
+        branch at 512 px) has its relative-position bias tables resampled to the branch's window with
+        ``timm.layers.resize_rel_pos_bias_table`` (what timm does to ImageNet weights; logged as a warning);
+        every other tensor must match in shape.
+
         Returns the :class:`~dr_ray.models.transfer.EncoderLoadReport`.
         """
         if branch not in ("image", "lesion"):
@@ -438,6 +499,7 @@ class CrossFeatureFusion(nn.Module):
             raise ValueError("state must be a non-empty dict of tensors (from load_encoder_file)")
         if branch == "lesion" and self.lesion_kinds != 3:
             state = _adapt_input_convs(state, target, self.lesion_kinds)
+        state = _fit_rel_pos_tables(state, target)
         report = load_encoder(target, state, strict=True)
         logger.info("loaded a %d-tensor segmentation encoder into the %s branch", len(state), branch)
         return report
@@ -463,16 +525,40 @@ def _adapt_input_convs(state: Mapping[str, torch.Tensor], target: nn.Module, in_
     return out
 
 
+def _fit_rel_pos_tables(state: Mapping[str, torch.Tensor], target: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` (keyed as ``target``) with each Swin ``relative_position_bias_table`` whose shape differs from the
+    target's resampled to the target attention's window (``timm.layers.resize_rel_pos_bias_table``)."""
+    own = target.state_dict()
+    renamed, _ = _rename(state, set(own))
+    out, resized = dict(renamed), []
+    for key, v in renamed.items():
+        t = own.get(key)
+        if key.endswith("relative_position_bias_table") and t is not None and t.shape != v.shape \
+                and v.ndim == 2 and t.ndim == 2 and v.shape[1] == t.shape[1]:
+            window = tuple(target.get_submodule(key.rsplit(".", 1)[0]).window_size)
+            out[key] = resize_rel_pos_bias_table(v, new_window_size=window, new_bias_shape=tuple(t.shape))
+            resized.append(f"{key} {tuple(v.shape)}->{tuple(t.shape)}")
+    if resized:
+        logger.warning("resampled %d Swin relative-position tables to the branch's window: %s", len(resized),
+                       resized[:2])
+    return out
+
+
 @register_model("cross_feature_fusion")
 def cross_feature_fusion(num_classes: int = 2, pretrained: bool = False, input_size: int = 512, dropout: float = 0.1,
                          backbone: str = "", modalities: Sequence[str] | None = None, hidden_dim: int = 256,
-                         heads: int = 4, fusion_layers: int = 2, lesion_backbone: str = "resnet34",
-                         lesion_kinds: int = 4, lesion_size: int = DEFAULT_LESION_SIZE) -> CrossFeatureFusion:
+                         heads: int = 4, fusion_layers: int = 2, lesion_backbone: str = "",
+                         lesion_kinds: int = 4, lesion_size: int = DEFAULT_LESION_SIZE,
+                         backbone_kwargs: Mapping[str, Any] | None = None,
+                         lesion_backbone_kwargs: Mapping[str, Any] | None = None) -> CrossFeatureFusion:
     """:class:`CrossFeatureFusion`: image encoder ``backbone`` (default "resnet34") queries, lesion-map encoder
-    ``lesion_backbone`` on ``lesion_kinds`` maps of ``lesion_size`` px keys/values; modalities ("image", "lesion")
-    or ("image",)."""
+    ``lesion_backbone`` (default "resnet34"; the poster's is the Swin U-Net encoder, e.g.
+    "swin_tiny_patch4_window7_224" with ``lesion_backbone_kwargs={"window_size": 8}`` at 512 px) on
+    ``lesion_kinds`` maps of ``lesion_size`` px keys/values; modalities ("image", "lesion") or ("image",).
+    ``backbone_kwargs`` / ``lesion_backbone_kwargs``: extra timm kwargs of each branch (:func:`branch_timm_kwargs`;
+    Swin branches are built for their own input size, ``input_size`` / ``lesion_size``)."""
     backbone = _check_timm_name(backbone or "resnet34", "backbone")
-    _check_timm_name(lesion_backbone, "lesion_backbone")
+    lesion_backbone = _check_timm_name(lesion_backbone or "resnet34", "lesion_backbone")
     _check_int("num_classes", num_classes, 2)
     _check_int("input_size", input_size, _MIN_INPUT_SIZE)
     _check_int("lesion_kinds", lesion_kinds)
@@ -480,14 +566,20 @@ def cross_feature_fusion(num_classes: int = 2, pretrained: bool = False, input_s
     _check_dropout(dropout)
     _check_fusion(hidden_dim, heads, fusion_layers, sincos=True)
     mods = _check_modalities(modalities, ("image", "lesion"), required=("image",))
+    # validated (and Swin sizes checked) before any weights are built
+    branch_timm_kwargs(backbone, "backbone", input_size, backbone_kwargs)
+    if "lesion" in mods:
+        branch_timm_kwargs(lesion_backbone, "lesion_backbone", lesion_size, lesion_backbone_kwargs)
     model = CrossFeatureFusion(num_classes=num_classes, pretrained=pretrained, input_size=input_size, dropout=dropout,
                                backbone=backbone, lesion_backbone=lesion_backbone, lesion_kinds=lesion_kinds,
                                lesion_size=lesion_size, hidden_dim=hidden_dim, heads=heads,
-                               fusion_layers=fusion_layers, modalities=mods)
+                               fusion_layers=fusion_layers, modalities=mods, backbone_kwargs=backbone_kwargs,
+                               lesion_backbone_kwargs=lesion_backbone_kwargs)
     model.spec = _spec("cross_feature_fusion", model, num_classes, input_size, dict(
         num_classes=num_classes, input_size=input_size, dropout=float(dropout), backbone=backbone,
         modalities=list(mods), hidden_dim=hidden_dim, heads=heads, fusion_layers=fusion_layers,
-        lesion_backbone=lesion_backbone, lesion_kinds=lesion_kinds, lesion_size=lesion_size))
+        lesion_backbone=lesion_backbone, lesion_kinds=lesion_kinds, lesion_size=lesion_size,
+        backbone_kwargs=dict(backbone_kwargs or {}), lesion_backbone_kwargs=dict(lesion_backbone_kwargs or {})))
     return model
 
 
@@ -513,8 +605,10 @@ class DualCrossAttention(nn.Module):
         self.modalities: tuple[str, ...] = ("image",)
         self.input_size = input_size
         self.gradcam_layout = "NCHW"
-        self.image_encoder = _feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3)
-        self.image_encoder2 = _feature_encoder(backbone2, "backbone2", pretrained=pretrained, in_chans=3)
+        self.image_encoder = _feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3,
+                                              input_size=input_size)
+        self.image_encoder2 = _feature_encoder(backbone2, "backbone2", pretrained=pretrained, in_chans=3,
+                                               input_size=input_size)
         if _spec_mean_std(self.image_encoder) != _spec_mean_std(self.image_encoder2):
             logger.warning("dcat: %s and %s expect different normalisation; using %s's %s", backbone, backbone2,
                            backbone, _spec_mean_std(self.image_encoder))
@@ -566,12 +660,32 @@ def dcat(num_classes: int = 2, pretrained: bool = False, input_size: int = 512, 
 
 # ----------------------------------------------------------------------------------------------- graph fusion
 
+GRAPH_FUSION_BLOCKS = ("se", "dilated", "cbam")  # GraphFusion's image enhancement blocks, in application order
+
+
+def check_graph_fusion_blocks(blocks: Sequence[str]) -> tuple[str, ...]:
+    """``blocks`` as a tuple in ``GRAPH_FUSION_BLOCKS`` order; ValueError for unknown or repeated names."""
+    if isinstance(blocks, str) or not isinstance(blocks, Sequence):
+        raise ValueError(f"blocks must be a list of names from {GRAPH_FUSION_BLOCKS} (any subset), got {blocks!r}")
+    bad = [b for b in blocks if b not in GRAPH_FUSION_BLOCKS]
+    if bad or len(set(blocks)) != len(blocks):
+        raise ValueError(f"blocks must be distinct names from {GRAPH_FUSION_BLOCKS}, got {list(blocks)}"
+                         + (f" (unknown: {bad})" if bad else ""))
+    return tuple(b for b in GRAPH_FUSION_BLOCKS if b in blocks)
+
+
 class GraphFusion(nn.Module):
     """Graph-enhanced vascular fusion (paper sec. 3.4-3.10).
 
-    Image (sec. 3.4): MobileNetV3 (SE blocks inside, eqs. 6-8) features_only last level -> 1x1 conv-BN-ReLU to d
-        (keeps the dilated block at d x d instead of 960 x d weights) -> DilatedConvBlock (eq. 5, dilations
-        1, 2, 3) -> CBAM -> global average pool = z_img (d).
+    Image (sec. 3.4): MobileNetV3 features_only last level -> 1x1 conv-BN-ReLU to d (keeps the dilated block at
+        d x d instead of 960 x d weights) -> the enhancement blocks of ``blocks``, in this order:
+        "se"      SqueezeExcite (eqs. 6-8) on the d-channel map: the paper's SE augmentation (sec. 3.3, 4.4
+                  "MobileNetV3 without SE augmentation"); MobileNetV3's own inverted-residual SE layers are
+                  part of the backbone and stay in every configuration;
+        "dilated" DilatedConvBlock (eq. 5, dilations 1, 2, 3; sec. 3.4.1);
+        "cbam"    CBAM (channel + spatial attention);
+        -> global average pool = z_img (d). ``blocks=()`` is Table 6's "MobileNetV3 baseline"; any subset is one
+        of its ablation rows (a block not in ``blocks`` is not built: no parameters).
     Graph (sec. 3.8): GraphEncoder (BatchNorm, ``gnn_layers`` GCN layers eq. 27, attention pooling ρ) -> ρ(h) (d).
     Stats: s (``stats_dim``), eq. (28).
         z_G = ρ(h) ∥ s with stats on (eq. 28 and the text after it), else ρ(h)
@@ -583,24 +697,35 @@ class GraphFusion(nn.Module):
         logits = W_c Dropout(t_fused) + b_c                                     eq. (33), softmax by callers
 
     Any non-empty subset of ("image", "graph", "stats") works: absent modalities have no branch and no token.
-    ``gradcam_layer`` = ``cbam`` (NCHW); None without the image modality. Edge attributes are not used (eq. 27).
+    ``gradcam_layer`` = the last image block built (``cbam``, ``dilated``, ``se`` or ``reduce``; NCHW); None
+    without the image modality. Edge attributes are not used (eq. 27).
     """
 
     def __init__(self, *, num_classes: int, pretrained: bool, input_size: int, dropout: float, backbone: str,
                  hidden_dim: int, heads: int, fusion_layers: int, node_features: int, gnn_layers: int,
-                 stats_dim: int, modalities: tuple[str, ...]) -> None:
+                 stats_dim: int, modalities: tuple[str, ...],
+                 blocks: tuple[str, ...] = GRAPH_FUSION_BLOCKS) -> None:
         super().__init__()
         d = hidden_dim
         self.modalities = modalities
         self.input_size, self.node_features, self.stats_dim = input_size, node_features, stats_dim
         self.gradcam_layout = "NCHW"
+        self.blocks = blocks
         self.image_encoder: nn.Module | None = None
+        self.se: nn.Module | None = None
+        self.dilated: nn.Module | None = None
+        self.cbam: nn.Module | None = None
         if "image" in modalities:
-            self.image_encoder = _feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3)
+            self.image_encoder = _feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3,
+                                                  input_size=input_size)
             c = self.image_encoder.feature_info.channels()[-1]
             self.reduce = nn.Sequential(nn.Conv2d(c, d, 1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True))
-            self.dilated = DilatedConvBlock(d, d, dilations=(1, 2, 3))
-            self.cbam = CBAM(d)
+            if "se" in blocks:
+                self.se = SqueezeExcite(d)
+            if "dilated" in blocks:
+                self.dilated = DilatedConvBlock(d, d, dilations=(1, 2, 3))
+            if "cbam" in blocks:
+                self.cbam = CBAM(d)
             self.proj_img = nn.Linear(d, d)
         self.gnn: GraphEncoder | None = None
         if "graph" in modalities:
@@ -620,7 +745,17 @@ class GraphFusion(nn.Module):
 
     @property
     def gradcam_layer(self) -> nn.Module | None:
-        return self.cbam if self.image_encoder is not None else None
+        if self.image_encoder is None:
+            return None
+        return next(m for m in (self.cbam, self.dilated, self.se, self.reduce) if m is not None)
+
+    def image_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The enhanced image feature map (B, d, h, w): backbone -> reduce -> the ``blocks`` (se, dilated, cbam)."""
+        m = self.reduce(_features(self.image_encoder, x))
+        for block in (self.se, self.dilated, self.cbam):
+            if block is not None:
+                m = block(m)
+        return m
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         tokens: list[torch.Tensor] = []
@@ -633,8 +768,7 @@ class GraphFusion(nn.Module):
         if self.image_encoder is not None:
             x = _image(batch, self.modalities, self.input_size)
             sizes["image"] = x.shape[0]
-            m = self.cbam(self.dilated(self.reduce(_features(self.image_encoder, x))))
-            tokens.append(self.proj_img(m.mean(dim=(2, 3))))  # t_img, eq. (29)
+            tokens.append(self.proj_img(self.image_map(x).mean(dim=(2, 3))))  # t_img, eq. (29)
         if self.gnn is not None:
             g = _graph(batch, self.modalities)
             sizes["graph"] = int(g.num_graphs)
@@ -654,10 +788,12 @@ class GraphFusion(nn.Module):
 def graph_fusion(num_classes: int = 2, pretrained: bool = False, input_size: int = 512, dropout: float = 0.1,
                  backbone: str = "", modalities: Sequence[str] | None = None, hidden_dim: int = 256, heads: int = 4,
                  fusion_layers: int = 2, node_features: int = 6, gnn_layers: int = 3,
-                 stats_dim: int = 8) -> GraphFusion:
+                 stats_dim: int = 8, blocks: Sequence[str] = GRAPH_FUSION_BLOCKS) -> GraphFusion:
     """:class:`GraphFusion`: image backbone (default "mobilenetv3_large_100"), GCN over ``node_features`` node
     columns with ``gnn_layers`` layers, ``stats_dim`` biomarkers; modalities any non-empty subset of
-    ("image", "graph", "stats")."""
+    ("image", "graph", "stats"); ``blocks`` any subset of ``GRAPH_FUSION_BLOCKS`` ("se", "dilated", "cbam";
+    paper Table 6 ablations; default all three, the full model)."""
+    blocks = check_graph_fusion_blocks(blocks)
     backbone = _check_timm_name(backbone or "mobilenetv3_large_100", "backbone")
     _check_int("num_classes", num_classes, 2)
     _check_int("input_size", input_size, _MIN_INPUT_SIZE)
@@ -669,7 +805,8 @@ def graph_fusion(num_classes: int = 2, pretrained: bool = False, input_size: int
     mods = _check_modalities(modalities, ("image", "graph", "stats"))
     model = GraphFusion(num_classes=num_classes, pretrained=pretrained, input_size=input_size, dropout=dropout,
                         backbone=backbone, hidden_dim=hidden_dim, heads=heads, fusion_layers=fusion_layers,
-                        node_features=node_features, gnn_layers=gnn_layers, stats_dim=stats_dim, modalities=mods)
+                        node_features=node_features, gnn_layers=gnn_layers, stats_dim=stats_dim, modalities=mods,
+                        blocks=blocks)
     if model.image_encoder is not None:
         mean, std = _spec_mean_std(model.image_encoder)
     else:  # no image branch: the backbone's default normalisation still goes into the spec (callers may load images)
@@ -680,7 +817,7 @@ def graph_fusion(num_classes: int = 2, pretrained: bool = False, input_size: int
                                num_classes=num_classes, input_size=input_size, dropout=float(dropout),
                                backbone=backbone, modalities=list(mods), hidden_dim=hidden_dim, heads=heads,
                                fusion_layers=fusion_layers, node_features=node_features, gnn_layers=gnn_layers,
-                               stats_dim=stats_dim))
+                               stats_dim=stats_dim, blocks=list(blocks)))
     return model
 
 
@@ -721,6 +858,6 @@ def mc_dropout_predict(model: nn.Module, batch: Mapping[str, Any], samples: int)
     return probs.cpu().numpy().astype(np.float32), entropy.cpu().numpy().astype(np.float32)
 
 
-__all__ = ["MODALITIES", "CrossFeatureFusion", "DualCrossAttention", "GraphFusion", "TimmClassifier",
-           "create_timm_model", "cross_feature_fusion", "dcat", "efficientnet_b0", "graph_fusion",
+__all__ = ["GRAPH_FUSION_BLOCKS", "MODALITIES", "CrossFeatureFusion", "DualCrossAttention", "GraphFusion", "TimmClassifier",
+           "branch_timm_kwargs", "check_graph_fusion_blocks", "create_timm_model", "cross_feature_fusion", "dcat", "efficientnet_b0", "graph_fusion",
            "mc_dropout_predict", "resnet50", "swin_t", "timm_classifier", "vit_b"]

@@ -47,9 +47,48 @@ def classifier_kwargs(t: TrainConfig, spec: InputSpec | None = None) -> dict[str
         kw["lesion_size"] = t.lesion_size
         if spec is not None and spec.lesion_kinds:
             kw["lesion_kinds"] = len(spec.lesion_kinds)
+        kw.update(encoder_branch_kwargs(t))
+    if t.model == "swin_t" and t.swin_window:
+        kw["window_size"] = t.swin_window
     if t.model == "graph_fusion":
-        kw.update(gnn_layers=t.gnn_layers, node_features=NODE_INPUT_DIM, stats_dim=2 * len(t.stats_features))
+        kw.update(gnn_layers=t.gnn_layers, node_features=NODE_INPUT_DIM, stats_dim=2 * len(t.stats_features),
+                  blocks=list(t.graph_fusion_blocks))
     return kw
+
+
+def encoder_branch_kwargs(t: TrainConfig) -> dict[str, Any]:
+    """cross_feature_fusion's ``backbone`` / ``lesion_backbone`` and their ``*_kwargs`` (extra timm kwargs).
+
+    A branch initialised from a train-lesions ``encoder.pt`` (``train.image_encoder_init`` /
+    ``lesion_encoder_init``) is built as that encoder: its ``encoder.json`` names the timm model and kwargs
+    (a Swin U-Net's window, or the embed_dim / depths of a lighter Swin); ``in_chans`` and ``img_size`` are the
+    branch's own. ``train.swin_window`` (when > 0) sets the window of every Swin branch, e.g. 8 for 512 px
+    (the encoder's relative-position tables are then resampled on loading). A name in ``train.backbone`` /
+    ``lesion_backbone`` that differs from the encoder's raises ValueError naming both keys.
+    """
+    out: dict[str, Any] = {}
+    for branch, init, key, name in (("image", t.image_encoder_init, "backbone", t.backbone),
+                                    ("lesion", t.lesion_encoder_init, "lesion_backbone", t.lesion_backbone)):
+        extra: dict[str, Any] = {}
+        if init:
+            side = Path(init).with_suffix(".json")
+            if not side.is_file():
+                raise FileNotFoundError(f"train.{branch}_encoder_init: {side} (the sidecar of {init}) not found; "
+                                        f"point it to the encoder.pt a train-lesions run wrote")
+            meta = json.loads(side.read_text())
+            enc = str(meta.get("encoder", ""))
+            if name and name != enc:
+                raise ValueError(f"train.{key}={name!r} but train.{branch}_encoder_init {init} holds a {enc!r} "
+                                 f"encoder; leave train.{key} empty (the encoder's is used) or make them match")
+            name = enc
+            extra = {k: v for k, v in dict(meta.get("timm_kwargs") or {}).items() if k not in ("in_chans", "img_size")}
+        if name.startswith("swin_") and t.swin_window:
+            extra["window_size"] = t.swin_window
+        if name:
+            out[key] = name
+        if extra:
+            out[f"{key}_kwargs"] = extra
+    return out
 
 
 def build_classifier(t: TrainConfig, spec: InputSpec | None = None, *, pretrained: bool | None = None):

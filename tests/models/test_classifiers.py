@@ -544,3 +544,138 @@ def test_mismatching_segmentation_encoder_is_refused(tmp_path):
         with pytest.raises(ValueError, match="does not match"):
             cff.load_segmentation_encoder(state34, branch)
     assert all(torch.equal(v, cff.state_dict()[k]) for k, v in before.items())  # nothing half-loaded
+
+
+# --- the papers' switches: Swin lesion branch from a Swin U-Net encoder at 512 px, GraphFusion blocks ----------
+
+# a light Swin v1 (timm's Swin-T layout with 1 block and 1 head per stage): what a tiny train-lesions run exports
+TINY_SWIN = dict(embed_dim=24, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
+
+
+def _swin_unet_encoder(tmp_path, *, input_size: int, window_size: int) -> tuple[torch.nn.Module, str]:
+    """A tiny trained-looking swin_unet and its encoder.pt (save_encoder, as train-lesions writes it)."""
+    torch.manual_seed(0)
+    seg = create_model("swin_unet", input_size=input_size, window_size=window_size, encoder_kwargs=TINY_SWIN,
+                       decoder_channels=(16, 8, 8, 8, 8), stem_channels=())
+    with torch.no_grad():  # not the init: every tensor differs from a fresh model's
+        for p in seg.encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = save_encoder(seg, tmp_path / "encoder.pt")
+    return seg.eval(), str(path)
+
+
+def _train_cfg(**train):
+    from dr_ray.config import load_config
+
+    return load_config(None, [f"train.{k}={v}" for k, v in train.items()]).train
+
+
+def test_swin_unet_encoder_loads_into_the_cff_lesion_branch_with_identical_features_at_512(tmp_path):
+    from dr_ray.training.ray_fusion import build_classifier, init_encoders
+
+    seg, path = _swin_unet_encoder(tmp_path, input_size=512, window_size=8)
+    # train.lesion_encoder_init: the branch is built as the exported encoder (name + Swin kwargs from encoder.json)
+    t = _train_cfg(model="cross_feature_fusion", backbone="resnet18", lesion_encoder_init=path, image_size=64,
+                   lesion_size=512, hidden_dim=32, heads=2, fusion_layers=1)
+    cff = build_classifier(t)
+    assert cff.spec.kwargs["lesion_backbone"] == "swin_tiny_patch4_window7_224"
+    assert cff.spec.kwargs["lesion_backbone_kwargs"] == {**TINY_SWIN, "window_size": 8}
+    # 3 lesion kinds: the stem needs no channel adaptation, so the branch is the segmentation encoder exactly
+    cff3 = create_model("cross_feature_fusion", **{**cff.spec.kwargs, "lesion_kinds": 3})
+    before = {k: v.clone() for k, v in cff3.lesion_encoder.state_dict().items()}
+    assert init_encoders(cff3, t) == [f"lesion <- {path} (swin_tiny_patch4_window7_224, from swin_unet)"]
+    cff3.eval()
+    y = torch.rand(2, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = seg.encoder(y), cff3.lesion_encoder(y)
+    assert [tuple(f.shape) for f in got] == [(2, 128, 128, 24), (2, 64, 64, 48), (2, 32, 32, 96), (2, 16, 16, 192)]
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    assert not torch.equal(before["patch_embed.proj.weight"], cff3.lesion_encoder.state_dict()["patch_embed.proj.weight"])
+    # 4 kinds (the pseudo-label default): the stem is adapted, every other tensor is the encoder's
+    init_encoders(cff, t)
+    own, src = cff.lesion_encoder.state_dict(), seg.encoder.state_dict()
+    assert own["patch_embed.proj.weight"].shape == (24, 4, 4, 4)
+    assert all(torch.equal(own[k], src[k]) for k in src if k != "patch_embed.proj.weight")
+    logits = cff.eval()(dict(image=torch.randn(2, 3, 64, 64), lesion=torch.rand(2, 4, 512, 512)))
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+    # a name that contradicts the encoder is refused, naming both keys
+    with pytest.raises(ValueError, match="train.lesion_backbone='resnet34' but train.lesion_encoder_init"):
+        build_classifier(_train_cfg(model="cross_feature_fusion", lesion_backbone="resnet34",
+                                    lesion_encoder_init=path))
+
+
+def test_window7_swin_unet_encoder_is_resampled_into_a_window8_branch_at_512(tmp_path, caplog):
+    from dr_ray.training.ray_fusion import build_classifier, init_encoders
+
+    seg, path = _swin_unet_encoder(tmp_path, input_size=224, window_size=7)  # the poster's window, 224 px
+    # window 7 cannot tile 512 px (grids 128 .. 16): refused with the way out
+    with pytest.raises(ValueError, match="lesion_backbone 'swin_tiny_patch4_window7_224' at 512 px.*swin_window"):
+        build_classifier(_train_cfg(model="cross_feature_fusion", backbone="resnet18", lesion_encoder_init=path,
+                                    lesion_size=512))
+    t = _train_cfg(model="cross_feature_fusion", backbone="resnet18", lesion_encoder_init=path, swin_window=8,
+                   image_size=64, lesion_size=512, hidden_dim=32, heads=2, fusion_layers=1)
+    cff = build_classifier(t)
+    with caplog.at_level("WARNING"):
+        init_encoders(cff, t)
+    assert "resampled 4 Swin relative-position tables" in caplog.text
+    own, src = cff.lesion_encoder.state_dict(), seg.encoder.state_dict()
+    table = "layers_0.blocks.0.attn.relative_position_bias_table"
+    assert src[table].shape == (13 * 13, 1) and own[table].shape == (15 * 15, 1)
+    assert torch.allclose(own[table].view(15, 15)[7, 7], src[table].view(13, 13)[6, 6], atol=0.02)  # centre kept
+    same = [k for k in src if k != "patch_embed.proj.weight" and not k.endswith("relative_position_bias_table")]
+    assert same and all(torch.equal(own[k], src[k]) for k in same)
+    assert torch.isfinite(cff.eval()(dict(image=torch.randn(1, 3, 64, 64), lesion=torch.rand(1, 4, 512, 512)))).all()
+
+
+def test_swin_image_branch_runs_at_512_with_window_8():
+    kw = dict(backbone="swin_tiny_patch4_window7_224", backbone_kwargs={**TINY_SWIN, "window_size": 8},
+              modalities=("image",), hidden_dim=32, heads=2, fusion_layers=1)
+    with pytest.raises(ValueError, match="backbone 'swin_tiny_patch4_window7_224' at 512 px"):
+        create_model("cross_feature_fusion", input_size=512, **{**kw, "backbone_kwargs": TINY_SWIN})
+    with pytest.raises(ValueError, match="must not set \\['img_size'\\]"):
+        create_model("cross_feature_fusion", input_size=512, **{**kw, "backbone_kwargs": {"img_size": 512}})
+    m = create_model("cross_feature_fusion", input_size=512, **kw).eval()
+    x = torch.randn(1, 3, 512, 512, requires_grad=True)
+    m(dict(image=x)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+GF_BLOCK_SUBSETS = [(), ("se",), ("dilated",), ("cbam",), ("se", "dilated"), ("se", "cbam"), ("dilated", "cbam"),
+                    ("se", "dilated", "cbam")]  # paper Table 6's rows
+
+
+@pytest.mark.parametrize("blocks", GF_BLOCK_SUBSETS, ids=lambda b: "+".join(b) or "baseline")
+def test_graph_fusion_block_switches_build_only_their_blocks_and_train(blocks):
+    d = 64
+    kw = dict(LIGHT["graph_fusion"], blocks=list(blocks))
+    m = _build("graph_fusion", **kw)
+    assert m.spec.kwargs["blocks"] == list(blocks) and m.blocks == blocks
+    own = {"se": SqueezeExcite(d), "dilated": DilatedConvBlock(d, d, dilations=(1, 2, 3)), "cbam": CBAM(d)}
+    for name, block in own.items():
+        built = getattr(m, name)
+        assert (built is not None) == (name in blocks)
+        if built is not None:
+            assert type(built) is type(block)
+    n_params = sum(p.numel() for p in m.parameters())
+    base = sum(p.numel() for p in _build("graph_fusion", **dict(kw, blocks=[])).parameters())
+    assert n_params - base == sum(sum(p.numel() for p in own[b].parameters()) for b in blocks)
+    last = next((b for b in ("cbam", "dilated", "se") if b in blocks), None)
+    assert m.gradcam_layer is (getattr(m, last) if last else m.reduce)
+    with torch.no_grad():  # as in the every-parameter test: timm zero-inits some BN weights
+        for p in m.parameters():
+            if not torch.any(p != 0):
+                p.normal_(0.0, 0.1)
+    batch = _batch(2, seed=3)
+    F.cross_entropy(m.train()(batch), batch["label"]).backward()
+    bad = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not bad, bad[:5]
+
+
+def test_graph_fusion_blocks_are_validated_and_ordered():
+    with pytest.raises(ValueError, match="blocks must be distinct names .*unknown: \\['fpn'\\]"):
+        _build("graph_fusion", **dict(LIGHT["graph_fusion"], blocks=["se", "fpn"]))
+    m = _build("graph_fusion", **dict(LIGHT["graph_fusion"], blocks=["cbam", "se"]))
+    assert m.blocks == ("se", "cbam")  # applied in GRAPH_FUSION_BLOCKS order whatever the list order
+    from dr_ray.training.ray_fusion import classifier_kwargs
+
+    assert classifier_kwargs(_train_cfg(graph_fusion_blocks="[dilated]"))["blocks"] == ["dilated"]
