@@ -125,7 +125,8 @@ GRAPH_X = "graph_x"  # (n_nodes, len(NODE_FEATURES)) float32, dr_ray.vessels.NOD
 GRAPH_POS = "graph_pos"  # (n_nodes, 2) float32, (x, y) px at SIZE
 GRAPH_EDGE_INDEX = "graph_edge_index"  # (2, 2 * n_edges) int64, both directions
 GRAPH_EDGE_ATTR = "graph_edge_attr"  # (2 * n_edges, len(EDGE_FEATURES)) float32, dr_ray.vessels.EDGE_FEATURES
-BIOMARKER_REASONS = "biomarker_reasons"  # JSON object {biomarker: why it is null}; "{}" when all were measured
+BIOMARKER_REASONS = "biomarker_reasons"  # JSON object {biomarker: why it is null, or the caveat of a flagged
+#                                          value (e.g. CRAE over only k of 6 arterioles)}; "{}" when all were measured
 
 # Per-image vascular biomarkers (float64, null when not measurable; the reason is in BIOMARKER_REASONS).
 BIOMARKERS = (
@@ -133,10 +134,19 @@ BIOMARKERS = (
     "fractal_dimension",  # box counting, eq. (22)
     "branch_points",  # junction nodes
     "mean_tortuosity",  # length-weighted arc / chord
-    "glcm_contrast", "glcm_correlation", "glcm_energy", "glcm_homogeneity", "glcm_entropy",  # over vessels
-    "crae_parr_hubbard_um", "crve_parr_hubbard_um", "avr_parr_hubbard",  # eq. (23)-(25)
+    # over the vessels, eqs. (17)-(20): homogeneity sum G / (1 + |i - j|) (eq. 20; vessels.glcm_homogeneity=skimage:
+    # 1 / (1 + (i - j)^2)); entropy -sum G log2 G in bits
+    "glcm_contrast", "glcm_correlation", "glcm_energy", "glcm_homogeneity", "glcm_entropy",
+    # CRAE / CRVE over the vessels.crx_vessels (6) widest arterioles / venules in the zone, um; AVR = CRAE / CRVE
+    "crae_parr_hubbard_um", "crve_parr_hubbard_um", "avr_parr_hubbard",  # eq. (23)-(25), Parr-Hubbard
     "crae_knudtson_um", "crve_knudtson_um", "avr_knudtson",  # Knudtson 2003 revised formulas
 )
+# Arterioles / venules combined into CRAE / CRVE (int32): min(found in the zone, vessels.crx_vessels); below
+# crx_vessels the CRAE / CRVE / AVR values are flagged in BIOMARKER_REASONS; null when the zone was not measured
+# (disc not found, zone off the frame, no A/V classifier). = dr_ray.vessels.ZONE_COUNT_KEYS
+CRAE_N_VESSELS = "crae_n_vessels"
+CRVE_N_VESSELS = "crve_n_vessels"
+ZONE_VESSEL_COUNTS = (CRAE_N_VESSELS, CRVE_N_VESSELS)
 
 VESSELS_SCHEMA = pa.schema(
     [
@@ -159,6 +169,7 @@ VESSELS_SCHEMA = pa.schema(
         pa.field(GRAPH_EDGE_INDEX, pa.list_(pa.int64())),
         pa.field(GRAPH_EDGE_ATTR, pa.list_(pa.float32())),
         *[pa.field(b, pa.float64()) for b in BIOMARKERS],
+        *[pa.field(c, pa.int32()) for c in ZONE_VESSEL_COUNTS],
         pa.field(BIOMARKER_REASONS, pa.string()),
     ]
 )

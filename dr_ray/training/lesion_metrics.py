@@ -1,7 +1,8 @@
 """Per-lesion pixel metrics of multi-label lesion segmentation, pooled over images (the IDRiD protocol).
 
 AUPR is the IDRiD sub-challenge 1 metric: area under the precision-recall curve of the pixels, computed
-as scikit-learn's ``average_precision_score``. Dice is at a fixed probability threshold.
+as scikit-learn's ``average_precision_score``. Dice, IoU (Jaccard) and precision are at a fixed probability
+threshold, from the confusion counts pooled over the images.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ class LesionMeter:
     update(prob (C, H, W) or (N, C, H, W) float 0..1, target same shape bool/0-1, fov (H, W) / (N, H, W)
     bool or None); channel c is ``lesion_kinds[c]``.
 
-    compute() -> dict with, for each kind k: ``aupr_k``, ``dice_k`` and ``n_pos_k`` (positive pixels seen in
-    the FOV, an int), plus ``aupr_mean`` / ``dice_mean`` (mean over the kinds whose value is not NaN; NaN
-    when none). A kind with no positive pixel in the evaluated set has ``aupr_k = nan`` (precision-recall is
-    undefined) and ``n_pos_k = 0`` says why; its ``dice_k`` is 0 if anything was predicted positive, else nan.
+    compute() -> dict with, for each kind k: ``aupr_k``, ``dice_k`` = 2TP / (2TP + FP + FN), ``iou_k`` =
+    TP / (TP + FP + FN), ``precision_k`` = TP / (TP + FP) and ``n_pos_k`` (positive pixels seen in the FOV,
+    an int), plus ``aupr_mean`` / ``dice_mean`` / ``iou_mean`` / ``precision_mean`` (mean over the kinds whose
+    value is not NaN; NaN when none). A kind with no positive pixel in the evaluated set has ``aupr_k = nan``
+    (precision-recall is undefined) and ``n_pos_k = 0`` says why; its ``dice_k`` / ``iou_k`` are 0 if anything
+    was predicted positive, else nan. ``precision_k`` is nan when nothing was predicted positive.
 
     Pixel sample for AUPR: per image and kind, when the FOV has more than ``aupr_pixels_per_image`` pixels,
     all positive pixels are kept (lesions are rare: a uniform sample would keep a handful of microaneurysm
@@ -110,7 +113,7 @@ class LesionMeter:
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        auprs, dices = [], []
+        means: dict[str, list[float]] = {"aupr": [], "dice": [], "iou": [], "precision": []}
         for k, kind in enumerate(self.lesion_kinds):
             labels = np.concatenate(self._labels[k]) if self._labels[k] else np.zeros(0, bool)
             n_pos = int(labels.sum())
@@ -120,16 +123,20 @@ class LesionMeter:
             else:
                 aupr = math.nan
             tp, fp, fn = int(self.tp[k]), int(self.fp[k]), int(self.fn[k])
-            dice = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else math.nan
-            out[f"aupr_{kind}"], out[f"dice_{kind}"], out[f"n_pos_{kind}"] = aupr, dice, n_pos
-            auprs.append(aupr)
-            dices.append(dice)
+            vals = {"aupr": aupr,
+                    "dice": 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else math.nan,
+                    "iou": tp / (tp + fp + fn) if (tp + fp + fn) else math.nan,
+                    "precision": tp / (tp + fp) if (tp + fp) else math.nan}
+            for m, v in vals.items():
+                out[f"{m}_{kind}"] = v
+                means[m].append(v)
+            out[f"n_pos_{kind}"] = n_pos
         missing = [kind for kind in self.lesion_kinds if out[f"n_pos_{kind}"] == 0]
         if missing and self.n_images:
             logger.warning("no positive pixel of %s in %d evaluated images: their aupr_* are NaN and left out of "
                            "aupr_mean", missing, self.n_images)
-        out["aupr_mean"] = _nanmean(auprs)
-        out["dice_mean"] = _nanmean(dices)
+        for m, vs in means.items():
+            out[f"{m}_mean"] = _nanmean(vs)
         return out
 
 

@@ -22,7 +22,10 @@ class SegmentationMeter:
     """Accumulates confusion counts (threshold ``threshold``) and a pixel sample for AUC over many images.
 
     update(prob (H, W) float 0..1, target (H, W) bool, fov (H, W) bool or None); compute() -> dict with
-    dice, sensitivity, specificity, accuracy, auc (nan when a ratio is undefined, e.g. AUC with one class).
+    dice 2TP / (2TP + FP + FN), iou (Jaccard) TP / (TP + FP + FN), sensitivity (recall) TP / (TP + FN),
+    specificity TN / (TN + FP), precision TP / (TP + FP), accuracy, auc (paper Table 5's metrics), all pooled
+    over the pixels of every image (nan when a ratio is undefined, e.g. precision with nothing predicted
+    positive, AUC with one class).
     AUC uses at most ``auc_pixels_per_image`` FOV pixels per image, drawn with ``seed`` (whole-image AUC
     of 500 x 500 px images needs no subsampling; HRF-sized ones do).
     """
@@ -64,8 +67,10 @@ class SegmentationMeter:
             auc = math.nan
         return {
             "dice": ratio(2 * tp, 2 * tp + fp + fn),
+            "iou": ratio(tp, tp + fp + fn),
             "sensitivity": ratio(tp, tp + fn),
             "specificity": ratio(tn, tn + fp),
+            "precision": ratio(tp, tp + fp),
             "accuracy": ratio(tp + tn, tp + tn + fp + fn),
             "auc": auc,
         }

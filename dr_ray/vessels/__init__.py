@@ -35,8 +35,17 @@ from dr_ray.vessels.caliber import (
 from dr_ray.vessels.fractal import box_counting_fd, box_counts
 from dr_ray.vessels.graph import EDGE_FEATURES, NODE_FEATURES, VesselGraph, vessel_graph
 from dr_ray.vessels.optic_disc import OpticDisc, detect_optic_disc
-from dr_ray.vessels.texture import GLCM_PROPS, glcm_features
-from dr_ray.vessels.zone import ZONE_KEYS, ZoneVessel, zone_calibres, zone_vessels
+from dr_ray.vessels.texture import GLCM_PROPS, HOMOGENEITY_VARIANTS, glcm_features
+from dr_ray.vessels.zone import (
+    DEFAULT_CRX_VESSELS,
+    ZONE_COUNT_KEYS,
+    ZONE_KEYS,
+    ZoneMeasurements,
+    ZoneVessel,
+    zone_calibres,
+    zone_measurements,
+    zone_vessels,
+)
 
 __all__ = [
     "Measurement", "vessel_density", "branch_point_count", "mean_tortuosity", "fractal_dimension",
@@ -45,9 +54,10 @@ __all__ = [
     "avr", "px_to_um", "um_per_px_from_disc",
     "box_counting_fd", "box_counts",
     "NODE_FEATURES", "EDGE_FEATURES", "VesselGraph", "vessel_graph",
-    "GLCM_PROPS", "glcm_features",
+    "GLCM_PROPS", "HOMOGENEITY_VARIANTS", "glcm_features",
     "OpticDisc", "detect_optic_disc",
     "AV_FEATURE_NAMES", "AVClassifier", "segment_features", "fit_av_classifier", "load_default_av_classifier",
     "apply_av_labels", "av_links", "smooth_av_logits", "predict_av",
-    "ZONE_KEYS", "ZoneVessel", "zone_calibres", "zone_vessels",
+    "ZONE_KEYS", "ZONE_COUNT_KEYS", "DEFAULT_CRX_VESSELS", "ZoneMeasurements", "ZoneVessel", "zone_calibres",
+    "zone_measurements", "zone_vessels",
 ]

@@ -15,23 +15,27 @@ from dr_ray.vessels.biomarkers import Measurement, global_biomarkers
 from dr_ray.vessels.caliber import DEFAULT_DISC_DIAMETER_UM
 from dr_ray.vessels.graph import VesselGraph, vessel_graph
 from dr_ray.vessels.optic_disc import OpticDisc, detect_optic_disc
-from dr_ray.vessels.zone import zone_calibres
+from dr_ray.vessels.zone import DEFAULT_CRX_VESSELS, ZONE_COUNT_KEYS, zone_measurements
 
 
 @dataclass(frozen=True)
 class VesselAnalysis:
     """``mask`` (H, W) bool vessel mask inside the FOV; ``graph`` with A/V labels from the classifier (or
     unknown without one); ``disc``; ``biomarkers`` name -> :class:`Measurement` (value None + reason when
-    not measurable)."""
+    not measurable; a value with a reason is a flagged one, e.g. CRAE over fewer than the fixed count);
+    ``zone_counts``: {``crae_n_vessels``, ``crve_n_vessels``: arterioles / venules combined into CRAE /
+    CRVE, None when the zone was not measured (no disc, zone off the frame, no A/V classifier)}."""
 
     mask: np.ndarray
     graph: VesselGraph
     disc: OpticDisc
     biomarkers: dict[str, Measurement]
+    zone_counts: dict[str, int | None]
 
     def reasons(self) -> dict[str, str]:
-        """{biomarker: reason} for the biomarkers that could not be measured."""
-        return {k: m.reason or "not measured" for k, m in self.biomarkers.items() if not m.ok}
+        """{biomarker: reason} for the biomarkers that could not be measured and those whose value is
+        flagged (a value with a reason)."""
+        return {k: m.reason or "not measured" for k, m in self.biomarkers.items() if not m.ok or m.reason}
 
 
 def probability_to_mask(prob: np.ndarray, threshold: float, fov: np.ndarray | None = None) -> np.ndarray:
@@ -55,7 +59,8 @@ def probability_to_mask(prob: np.ndarray, threshold: float, fov: np.ndarray | No
 
 def analyse_vessels(prob: np.ndarray, image: np.ndarray, fov: np.ndarray, *, threshold: float = 0.5,
                     prune_spur_px: float = 10.0, patch_px: int = 15, av_classifier: AVClassifier | None = None,
-                    disc_diameter_um: float = DEFAULT_DISC_DIAMETER_UM) -> VesselAnalysis:
+                    disc_diameter_um: float = DEFAULT_DISC_DIAMETER_UM, crx_vessels: int = DEFAULT_CRX_VESSELS,
+                    glcm_homogeneity: str = "paper") -> VesselAnalysis:
     """Everything the vessels stage stores for one image.
 
     Args:
@@ -67,6 +72,9 @@ def analyse_vessels(prob: np.ndarray, image: np.ndarray, fov: np.ndarray, *, thr
         av_classifier: labels the graph's segments artery/vein; None leaves them unknown (CRAE/CRVE then
             have a reason instead of a value).
         disc_diameter_um: assumed optic disc diameter that sets the um scale of CRAE/CRVE.
+        crx_vessels: the fixed number of widest arterioles / venules combined into CRAE / CRVE (Knudtson's 6;
+            fewer in the zone: value kept, flagged in :meth:`VesselAnalysis.reasons`).
+        glcm_homogeneity: ``"paper"`` (eq. 20, 1 / (1 + |i - j|)) or ``"skimage"`` (1 / (1 + (i - j)^2)).
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -79,9 +87,11 @@ def analyse_vessels(prob: np.ndarray, image: np.ndarray, fov: np.ndarray, *, thr
     if av_classifier is not None and graph.n_edges:
         graph = apply_av_labels(graph, predict_av(graph, image, mask, av_classifier))
     disc = detect_optic_disc(image, fov, vessel_mask=mask)
-    biomarkers = dict(global_biomarkers(mask, graph, fov, image=image))
-    zone = zone_calibres(graph, disc, disc_diameter_um=disc_diameter_um, mask=mask)
+    biomarkers = dict(global_biomarkers(mask, graph, fov, image=image, glcm_homogeneity=glcm_homogeneity))
+    zone = zone_measurements(graph, disc, disc_diameter_um=disc_diameter_um, n_vessels=crx_vessels, mask=mask)
+    zone_bm, counts = zone.biomarkers, zone.counts
     if av_classifier is None:
-        zone = {k: Measurement(None, "no artery/vein classifier: arteries and veins unknown") for k in zone}
-    biomarkers.update(zone)
-    return VesselAnalysis(mask=mask, graph=graph, disc=disc, biomarkers=biomarkers)
+        zone_bm = {k: Measurement(None, "no artery/vein classifier: arteries and veins unknown") for k in zone_bm}
+        counts = {k: None for k in ZONE_COUNT_KEYS}
+    biomarkers.update(zone_bm)
+    return VesselAnalysis(mask=mask, graph=graph, disc=disc, biomarkers=biomarkers, zone_counts=dict(counts))

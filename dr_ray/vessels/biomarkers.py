@@ -20,7 +20,11 @@ from dr_ray.vessels.texture import GLCM_PROPS, glcm_features
 
 @dataclass(frozen=True)
 class Measurement:
-    """A measured value, or ``value=None`` with a human-readable ``reason`` why it could not be measured."""
+    """A measured value, or ``value=None`` with a human-readable ``reason`` why it could not be measured.
+
+    A value can also carry a ``reason``: a caveat that makes it less comparable with other images' values
+    (e.g. a CRAE combined from fewer arterioles than the fixed count); ``ok`` is still True.
+    """
 
     value: float | None
     reason: str | None = None
@@ -91,18 +95,20 @@ def fractal_dimension(mask: np.ndarray, **kwargs) -> Measurement:
 
 
 def vessel_glcm(mask: np.ndarray, image: np.ndarray, fov: np.ndarray | None = None, *,
-                levels: int = 32) -> dict[str, Measurement]:
+                levels: int = 32, homogeneity: str = "paper") -> dict[str, Measurement]:
     """GLCM contrast, correlation, energy, homogeneity and entropy of the green channel over the vasculature
     (paper eqs. 17-20 + entropy; the "mean GLCM descriptors computed over the vasculature" of eq. 28).
 
     :func:`~dr_ray.vessels.texture.glcm_features` (scikit-image) with the vessel pixels as its mask: only
     pairs of adjacent vessel pixels count (distance 1 px, 4 directions, symmetric, ``levels`` grey
-    levels over the inside pixels). Energy is eq. 19's sum of squares (ASM), entropy in bits.
+    levels over the inside pixels). Energy is eq. 19's sum of squares (ASM), homogeneity eq. 20's
+    sum G / (1 + |i - j|) (``homogeneity="skimage"``: sum G / (1 + (i - j)^2)), entropy -sum G log2 G in bits.
 
     Args:
         mask: (H, W) bool vessel mask. image: (H, W, 3) uint8 RGB. fov: (H, W) bool, optional: vessel
             pixels outside it are ignored.
         levels: grey levels (3..256; level 0 is reserved for outside pixels).
+        homogeneity: ``"paper"`` (eq. 20) | ``"skimage"``.
 
     Returns:
         ``{"glcm_contrast": ..., "glcm_correlation": ..., "glcm_energy": ..., "glcm_homogeneity": ...,
@@ -125,7 +131,7 @@ def vessel_glcm(mask: np.ndarray, image: np.ndarray, fov: np.ndarray | None = No
     # pairs need both pixels inside the mask: its bounding box gives the same matrix for less work
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    f = glcm_features(image[box + (1,)], mask[box], levels=levels)
+    f = glcm_features(image[box + (1,)], mask[box], levels=levels, homogeneity=homogeneity)
     if all(np.isnan(v) for v in f.values()):
         return {k: Measurement(None, "no two adjacent vessel pixels: GLCM over the vasculature undefined")
                 for k in keys}
@@ -133,10 +139,11 @@ def vessel_glcm(mask: np.ndarray, image: np.ndarray, fov: np.ndarray | None = No
 
 
 def global_biomarkers(mask: np.ndarray, graph: VesselGraph, fov: np.ndarray | None = None,
-                      image: np.ndarray | None = None) -> dict[str, Measurement]:
+                      image: np.ndarray | None = None, *, glcm_homogeneity: str = "paper") -> dict[str, Measurement]:
     """The global biomarkers of one image: vessel density, fractal dimension, branch points, tortuosity, and
     with an ``image`` ((H, W, 3) uint8 RGB) the GLCM over the vasculature (:func:`vessel_glcm`:
-    ``glcm_contrast``, ``glcm_correlation``, ``glcm_energy``, ``glcm_homogeneity``, ``glcm_entropy``)."""
+    ``glcm_contrast``, ``glcm_correlation``, ``glcm_energy``, ``glcm_homogeneity`` (``glcm_homogeneity``
+    = ``"paper"``, eq. 20, or ``"skimage"``), ``glcm_entropy`` (bits))."""
     out = {
         "vessel_density": vessel_density(mask, fov),
         "fractal_dimension": fractal_dimension(mask),
@@ -144,5 +151,5 @@ def global_biomarkers(mask: np.ndarray, graph: VesselGraph, fov: np.ndarray | No
         "mean_tortuosity": mean_tortuosity(graph),
     }
     if image is not None:
-        out.update(vessel_glcm(mask, image, fov))
+        out.update(vessel_glcm(mask, image, fov, homogeneity=glcm_homogeneity))
     return out

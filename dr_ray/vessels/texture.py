@@ -1,5 +1,10 @@
 """Gray-level co-occurrence (GLCM) texture descriptors (paper eqs. 17-20, plus entropy used in eq. 26).
 
+Homogeneity has two definitions in use: the graph paper's eq. 20, ``sum G(i, j) / (1 + |i - j|)``
+(``homogeneity="paper"``, the default), and scikit-image's ``graycoprops(..., "homogeneity")``,
+``sum G(i, j) / (1 + (i - j)^2)`` (``homogeneity="skimage"``, Haralick's inverse difference moment). Entropy
+is ``-sum G log2 G``, in bits.
+
 :func:`glcm_features` describes one region with scikit-image's ``graycomatrix``/``graycoprops``.
 :func:`glcm_patch_features` describes many square patches at once (the eq. 26 node features): one
 ``skimage`` call per patch cost ~0.5 ms, i.e. 100-200 ms per 1024-px vessel graph, so it counts the
@@ -14,25 +19,30 @@ import numpy as np
 from skimage.feature import graycomatrix, graycoprops
 
 GLCM_PROPS = ("contrast", "correlation", "energy", "homogeneity", "entropy")
+HOMOGENEITY_VARIANTS = ("paper", "skimage")  # 1 / (1 + |i - j|) (eq. 20) | 1 / (1 + (i - j)^2) (skimage)
 
 
-
-def _check_glcm_args(levels: int, distances: Sequence[int], angles: Sequence[float]) -> None:
+def _check_glcm_args(levels: int, distances: Sequence[int], angles: Sequence[float],
+                     homogeneity: str = "paper") -> None:
     if not 2 <= int(levels) <= 256:
         raise ValueError(f"levels must be in [2, 256], got {levels}")
     if len(distances) == 0 or min(distances) < 1:
         raise ValueError(f"distances must be a non-empty sequence of ints >= 1, got {distances}")
     if len(angles) == 0:
         raise ValueError("angles must be a non-empty sequence of radians")
+    if homogeneity not in HOMOGENEITY_VARIANTS:
+        raise ValueError(f"homogeneity must be one of {', '.join(HOMOGENEITY_VARIANTS)}, got {homogeneity!r}")
+
 
 def glcm_features(gray: np.ndarray, mask: np.ndarray | None = None, *, distances: Sequence[int] = (1,),
                   angles: Sequence[float] = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4),
-                  levels: int = 32) -> dict[str, float]:
+                  levels: int = 32, homogeneity: str = "paper") -> dict[str, float]:
     """GLCM contrast (eq. 17), correlation (eq. 18), energy (eq. 19), homogeneity (eq. 20) and entropy.
 
     The co-occurrence matrix is symmetric (pairs counted both ways) and normalised per (distance, angle);
     each descriptor is averaged over all distances and angles. Energy follows eq. 19 (sum of squared
     probabilities, i.e. skimage's ASM, not its square root). Entropy = -sum G log2 G (bits).
+    Homogeneity: ``"paper"`` = eq. 20, sum G / (1 + |i - j|); ``"skimage"`` = sum G / (1 + (i - j)^2).
 
     Quantisation: without a mask, ``level = gray * levels // 256`` in [0, levels). With a mask, level 0
     is reserved for outside pixels: inside pixels get ``1 + gray * (levels - 1) // 256`` in [1, levels),
@@ -43,6 +53,7 @@ def glcm_features(gray: np.ndarray, mask: np.ndarray | None = None, *, distances
         mask: (H, W) bool region to describe, or None for the whole image.
         distances: pixel offsets (px, >= 1). angles: offsets' directions in radians (0 = to the right).
         levels: number of grey levels after quantisation, 2..256 (with a mask: 3..256).
+        homogeneity: ``"paper"`` (eq. 20) or ``"skimage"`` (see the module docstring).
 
     Returns:
         dict with keys ``GLCM_PROPS``; every value is NaN (not 0) when no pixel pair lies in the region.
@@ -50,7 +61,7 @@ def glcm_features(gray: np.ndarray, mask: np.ndarray | None = None, *, distances
     gray = np.asarray(gray)
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"gray must be a (H, W) uint8 array, got shape {gray.shape} dtype {gray.dtype}")
-    _check_glcm_args(levels, distances, angles)
+    _check_glcm_args(levels, distances, angles, homogeneity)
     levels = int(levels)
     g = gray.astype(np.int32)
     if mask is None:
@@ -72,9 +83,13 @@ def glcm_features(gray: np.ndarray, mask: np.ndarray | None = None, *, distances
     valid = totals > 0  # an offset longer than the region has no pairs: leave it out of the average
     Pn = P / np.where(totals > 0, totals, 1)[None, None]
     with np.errstate(divide="ignore", invalid="ignore"):  # offsets without pairs; excluded via `valid`
-        out = {prop: float(graycoprops(Pn, prop)[valid].mean())
-               for prop in ("contrast", "correlation", "homogeneity", "ASM")}
+        props = ("contrast", "correlation", "ASM") + (("homogeneity",) if homogeneity == "skimage" else ())
+        out = {prop: float(graycoprops(Pn, prop)[valid].mean()) for prop in props}
     out["energy"] = out.pop("ASM")  # eq. 19 is sum G^2 (skimage's "energy" is its square root)
+    if homogeneity == "paper":  # eq. 20; graycoprops only has the 1 / (1 + (i - j)^2) weights
+        n = Pn.shape[0]
+        w = 1.0 / (1.0 + np.abs(np.subtract.outer(np.arange(n), np.arange(n))))
+        out["homogeneity"] = float((Pn * w[:, :, None, None]).sum(axis=(0, 1))[valid].mean())
     with np.errstate(divide="ignore", invalid="ignore"):
         ent = -np.where(Pn > 0, Pn * np.log2(Pn), 0.0).sum(axis=(0, 1))
     out["entropy"] = float(ent[valid].mean())
@@ -90,7 +105,7 @@ def _offsets(distances: Sequence[int], angles: Sequence[float]) -> list[tuple[in
 def glcm_patch_features(gray: np.ndarray, centers_rc: np.ndarray, patch_px: int, *,
                         distances: Sequence[int] = (1,),
                         angles: Sequence[float] = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4),
-                        levels: int = 32, chunk: int = 256) -> dict[str, np.ndarray]:
+                        levels: int = 32, chunk: int = 256, homogeneity: str = "paper") -> dict[str, np.ndarray]:
     """:func:`glcm_features` (no mask) of the square patch around each centre, for all centres at once.
 
     The patch of centre (r, c) is ``gray[r - h:r + h + 1, c - h:c + h + 1]`` with ``h = patch_px // 2``,
@@ -105,7 +120,7 @@ def glcm_patch_features(gray: np.ndarray, centers_rc: np.ndarray, patch_px: int,
         gray: (H, W) uint8 grey image (e.g. the green channel).
         centers_rc: (N, 2) int patch centres (row, col) px, inside the image.
         patch_px: patch side (px), odd >= 3.
-        distances, angles, levels: as in :func:`glcm_features`.
+        distances, angles, levels, homogeneity: as in :func:`glcm_features`.
         chunk: patches per batch (bounds memory: ~chunk * offsets * (patch_px^2 + levels^2 / 2) values).
 
     Returns:
@@ -122,7 +137,8 @@ def glcm_patch_features(gray: np.ndarray, centers_rc: np.ndarray, patch_px: int,
         raise ValueError(f"centers_rc must lie inside the {gray.shape} image")
     if patch_px < 3 or patch_px % 2 == 0:
         raise ValueError(f"patch_px must be an odd int >= 3, got {patch_px}")
-    _check_glcm_args(levels, distances, angles)
+    _check_glcm_args(levels, distances, angles, homogeneity)
+    paper_h = homogeneity == "paper"  # eq. 20 weights 1 / (1 + |i - j|), else skimage's 1 / (1 + (i - j)^2)
     levels = int(levels)
     n = len(centers)
     out = {k: np.full(n, np.nan) for k in GLCM_PROPS}
@@ -193,7 +209,7 @@ def glcm_patch_features(gray: np.ndarray, centers_rc: np.ndarray, patch_px: int,
         props = {"contrast": np.bincount(g, pm * d2, n_grp),
                  "correlation": np.where(near0, 1.0, cov / np.where(near0, 1.0, std * std)),
                  "energy": np.bincount(g, pm * pm * half, n_grp),
-                 "homogeneity": np.bincount(g, pm / (1.0 + d2), n_grp),
+                 "homogeneity": np.bincount(g, pm / (1.0 + (np.abs(i - j) if paper_h else d2)), n_grp),
                  "entropy": -np.bincount(g, pm * np.log2(pm * half), n_grp)}
         valid = valid.reshape(m, n_off)
         nv = valid.sum(axis=1)

@@ -13,10 +13,15 @@ widest member (the trunk: a vessel that branches inside the zone is measured bef
 the Knudtson protocol). Crossings join an artery and a vein, which are never merged. Widths skip the path
 pixels within one vessel width of a junction, where the distance transform swells.
 
-The ``max_vessels`` widest arterioles and venules (Knudtson "big 6") are combined with the Parr-Hubbard
-formulas (eqs. 23-24, the published Hubbard 1999 constants, in um) and the revised Knudtson formulas;
-AVR = CRAE / CRVE (eq. 25). Widths are converted to um with ``um_per_px`` or, when it is None, with the
-scale implied by the detected disc diameter and an assumed true diameter (``disc_diameter_um``).
+A fixed number ``n_vessels`` (6 by default: Knudtson's "big 6") of the widest arterioles and of the widest
+venules are combined, by both the Parr-Hubbard formulas (eqs. 23-24, the published Hubbard 1999 constants, in
+um) and the revised Knudtson formulas; AVR = CRAE / CRVE (eq. 25). The count is fixed because the iterative
+pairing grows with the number of vessels combined: six equal widths give a CRAE ~40% larger than two of the
+same widths, so a CRAE over "whatever was found" is not comparable across images. An image with fewer than
+``n_vessels`` in the zone keeps its value, but the count used is returned (:func:`zone_measurements`, stored
+as ``crae_n_vessels`` / ``crve_n_vessels``) and the value carries the reason "only k of 6 arterioles ...".
+Widths are converted to um with ``um_per_px`` or, when it is None, with the scale implied by the detected
+disc diameter and an assumed true diameter (``disc_diameter_um``).
 
 Not measurable -> ``Measurement(None, reason)``: disc not found, zone mostly outside the frame, fewer than
 two arterioles (CRAE, AVR) or venules (CRVE, AVR) in the zone, or widths too small for the Parr-Hubbard
@@ -47,6 +52,9 @@ from dr_ray.vessels.optic_disc import OpticDisc
 
 ZONE_KEYS = ("crae_parr_hubbard_um", "crve_parr_hubbard_um", "crae_knudtson_um", "crve_knudtson_um",
              "avr_parr_hubbard", "avr_knudtson")
+# widest arterioles / venules combined into CRAE / CRVE (= dr_ray.io.columns.ZONE_VESSEL_COUNTS)
+ZONE_COUNT_KEYS = ("crae_n_vessels", "crve_n_vessels")
+DEFAULT_CRX_VESSELS = 6  # Knudtson et al. 2003: the six widest arterioles and venules
 ZONE_INNER_DD, ZONE_OUTER_DD = 1.0, 1.5  # zone radii from the disc centre, disc diameters
 _MIN_IN_IMAGE = 0.5  # fraction of the zone ring that must lie inside the frame
 
@@ -162,9 +170,27 @@ def _zone_in_frame(shape: tuple[int, int], disc: OpticDisc, n: int = 360) -> flo
     return float(np.mean((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)))
 
 
+@dataclass(frozen=True)
+class ZoneMeasurements:
+    """``biomarkers``: {key: Measurement} for ``ZONE_KEYS``; ``counts``: {``crae_n_vessels``,
+    ``crve_n_vessels``: the number of arterioles / venules combined (``min(found, n_vessels)``), None when the
+    zone could not be measured at all (disc not found, zone outside the frame)}."""
+
+    biomarkers: dict[str, Measurement]
+    counts: dict[str, int | None]
+
+
 def zone_calibres(graph: VesselGraph, disc: OpticDisc, *, um_per_px: float | None = None,
-                  disc_diameter_um: float = DEFAULT_DISC_DIAMETER_UM, max_vessels: int = 6,
+                  disc_diameter_um: float = DEFAULT_DISC_DIAMETER_UM, n_vessels: int = DEFAULT_CRX_VESSELS,
                   mask: np.ndarray | None = None) -> dict[str, Measurement]:
+    """:func:`zone_measurements` without the counts: {key: Measurement} for ``ZONE_KEYS``."""
+    return zone_measurements(graph, disc, um_per_px=um_per_px, disc_diameter_um=disc_diameter_um,
+                             n_vessels=n_vessels, mask=mask).biomarkers
+
+
+def zone_measurements(graph: VesselGraph, disc: OpticDisc, *, um_per_px: float | None = None,
+                      disc_diameter_um: float = DEFAULT_DISC_DIAMETER_UM, n_vessels: int = DEFAULT_CRX_VESSELS,
+                      mask: np.ndarray | None = None) -> ZoneMeasurements:
     """CRAE, CRVE (Parr-Hubbard and Knudtson, um) and AVR from the vessels in the 0.5-1.0 DD zone.
 
     Args:
@@ -172,20 +198,25 @@ def zone_calibres(graph: VesselGraph, disc: OpticDisc, *, um_per_px: float | Non
         disc: optic disc; not found -> every value None with the disc's reason.
         um_per_px: image scale; None: ``disc_diameter_um / disc.diameter_px``.
         disc_diameter_um: assumed true disc diameter when the scale comes from the disc.
-        max_vessels: the widest this many arterioles and venules are combined (Knudtson's 6).
+        n_vessels: the fixed number of widest arterioles and of widest venules combined (Knudtson's 6). With
+            fewer (but >= 2) in the zone the value is kept with the reason "only k of n arterioles ...";
+            with fewer than 2 it is None.
         mask: (H, W) bool vessel mask of the graph, optional: widths from its distance transform over
             the zone pixels (else each segment's whole-path mean calibre).
 
     Returns:
-        {key: Measurement} for ``ZONE_KEYS``; CRAE/CRVE in um (eqs. 23-24), AVRs dimensionless (eq. 25).
+        :class:`ZoneMeasurements`: CRAE/CRVE in um (eqs. 23-24), AVRs dimensionless (eq. 25), and the
+        number of vessels each combines.
     """
-    if isinstance(max_vessels, bool) or not isinstance(max_vessels, (int, np.integer)) or max_vessels < 2:
-        raise ValueError(f"max_vessels must be an int >= 2, got {max_vessels!r}")
+    if isinstance(n_vessels, bool) or not isinstance(n_vessels, (int, np.integer)) or n_vessels < 2:
+        raise ValueError(f"n_vessels must be an int >= 2, got {n_vessels!r}")
     if um_per_px is not None and not (math.isfinite(um_per_px) and um_per_px > 0):
         raise ValueError(f"um_per_px must be finite and > 0 or None, got {um_per_px!r}")
+    n_vessels = int(n_vessels)
 
-    def none(reason: str) -> dict[str, Measurement]:
-        return {k: Measurement(None, reason) for k in ZONE_KEYS}
+    def none(reason: str) -> ZoneMeasurements:
+        return ZoneMeasurements({k: Measurement(None, reason) for k in ZONE_KEYS},
+                                {k: None for k in ZONE_COUNT_KEYS})
 
     if not disc.found:
         return none(f"optic disc not found: {disc.reason}")
@@ -196,30 +227,34 @@ def zone_calibres(graph: VesselGraph, disc: OpticDisc, *, um_per_px: float | Non
         return none(f"measurement zone (1.0-1.5 disc diameters from the disc centre) is mostly outside the "
                     f"image: {frac:.0%} of it inside")
     scale = um_per_px if um_per_px is not None else um_per_px_from_disc(disc.diameter_px, disc_diameter_um)
-    vessels = zone_vessels(graph, disc, mask=mask)
-    widths = {}
-    for av, name in ((AV_ARTERY, "arterioles"), (AV_VEIN, "venules")):
-        w = [v.width_px for v in vessels if v.av == av][:max_vessels]
-        widths[av] = (px_to_um(w, scale) if w else np.zeros(0), name)
+    vessels = zone_vessels(graph, disc, mask=mask)  # widest first
 
     out: dict[str, Measurement] = {}
-    for av, prefix, ph, kn in ((AV_ARTERY, "crae", parr_hubbard_crae, knudtson_crae),
-                               (AV_VEIN, "crve", parr_hubbard_crve, knudtson_crve)):
-        w, name = widths[av]
-        if len(w) < 2:
-            reason = f"{len(w)} {name} in the zone (1.0-1.5 disc diameters from the disc centre), need >= 2"
+    counts: dict[str, int | None] = {}
+    for av, prefix, name, ph, kn in ((AV_ARTERY, "crae", "arterioles", parr_hubbard_crae, knudtson_crae),
+                                     (AV_VEIN, "crve", "venules", parr_hubbard_crve, knudtson_crve)):
+        w_px = [v.width_px for v in vessels if v.av == av][:n_vessels]
+        counts[f"{prefix}_n_vessels"] = k = len(w_px)
+        where = f"{name} in the zone (1.0-1.5 disc diameters from the disc centre)"
+        if k < 2:
+            reason = f"only {k} of {n_vessels} {where}, need >= 2"
             out[f"{prefix}_parr_hubbard_um"] = Measurement(None, reason)
             out[f"{prefix}_knudtson_um"] = Measurement(None, reason)
             continue
+        # fewer than the fixed count: the value is kept, flagged (it is not comparable with n-vessel values)
+        caveat = (f"only {k} of {n_vessels} {where}: {prefix.upper()} combines {k}, not comparable with "
+                  f"{n_vessels}-vessel values") if k < n_vessels else None
+        w = px_to_um(w_px, scale)
         try:
-            out[f"{prefix}_parr_hubbard_um"] = Measurement(ph(w))
+            out[f"{prefix}_parr_hubbard_um"] = Measurement(ph(w), caveat)
         except ValueError as exc:  # Parr-Hubbard arteriole radicand <= 0: implausibly thin vessels
             out[f"{prefix}_parr_hubbard_um"] = Measurement(None, str(exc))
-        out[f"{prefix}_knudtson_um"] = Measurement(kn(w))
+        out[f"{prefix}_knudtson_um"] = Measurement(kn(w), caveat)
     for kind in ("parr_hubbard", "knudtson"):
         a, v = out[f"crae_{kind}_um"], out[f"crve_{kind}_um"]
         if a.ok and v.ok:
-            out[f"avr_{kind}"] = Measurement(avr(a.value, v.value))
+            caveat = "; ".join(r for r in (a.reason, v.reason) if r) or None
+            out[f"avr_{kind}"] = Measurement(avr(a.value, v.value), caveat)
         else:
             out[f"avr_{kind}"] = Measurement(None, a.reason if not a.ok else v.reason)
-    return {k: out[k] for k in ZONE_KEYS}
+    return ZoneMeasurements({k: out[k] for k in ZONE_KEYS}, counts)

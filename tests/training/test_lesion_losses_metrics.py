@@ -121,6 +121,22 @@ def test_aupr_and_dice_hand_case():
     assert r["aupr_ma"] == pytest.approx(5 / 6) and r["aupr_he"] == pytest.approx(0.5)
     assert r["dice_ma"] == pytest.approx(4 / 5) and r["dice_he"] == pytest.approx(2 / 3)
     assert r["aupr_mean"] == pytest.approx((5 / 6 + 0.5) / 2) and r["n_pos_ma"] == 2 and r["n_pos_he"] == 1
+    # IoU = tp / (tp + fp + fn): ma 2/3, he 1/2; precision = tp / (tp + fp): ma 2/3, he 1/2
+    assert r["iou_ma"] == pytest.approx(2 / 3) and r["iou_he"] == pytest.approx(1 / 2)
+    assert r["precision_ma"] == pytest.approx(2 / 3) and r["precision_he"] == pytest.approx(1 / 2)
+    assert r["iou_mean"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert r["precision_mean"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_iou_and_precision_pool_counts_over_images():
+    # image 1, kind "ex": tp 1, fp 2, fn 0; image 2: tp 2, fp 0, fn 1 -> pooled tp 3, fp 2, fn 1
+    prob = np.array([[[[0.9, 0.8], [0.6, 0.1]]], [[[0.9, 0.7], [0.2, 0.0]]]], np.float32)
+    target = np.array([[[[1, 0], [0, 0]]], [[[1, 1], [1, 0]]]], bool)
+    m = LesionMeter(("ex",))
+    m.update(prob, target)
+    r = m.compute()
+    assert r["iou_ex"] == pytest.approx(3 / 6) and r["precision_ex"] == pytest.approx(3 / 5)
+    assert r["dice_ex"] == pytest.approx(6 / 9)  # not the mean of per-image values
 
 
 def test_aupr_pools_images_like_sklearn_and_respects_fov():
@@ -148,13 +164,16 @@ def test_kind_without_positives_is_nan_with_its_key():
     m.update(prob, target)
     r = m.compute()
     assert r["n_pos_se"] == 0 and math.isnan(r["aupr_se"]) and r["dice_se"] == 0.0
+    assert r["iou_se"] == 0.0 and r["precision_se"] == 0.0  # one false positive
     assert r["aupr_mean"] == pytest.approx(r["aupr_ex"]) == pytest.approx(1.0)
     # nothing predicted and nothing there: Dice undefined too
     empty = LesionMeter(("ma",))
     empty.update(np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))
     r = empty.compute()
     assert math.isnan(r["aupr_ma"]) and math.isnan(r["dice_ma"]) and math.isnan(r["aupr_mean"])
-    assert set(r) == {"aupr_ma", "dice_ma", "n_pos_ma", "aupr_mean", "dice_mean"}
+    assert math.isnan(r["iou_ma"]) and math.isnan(r["precision_ma"])
+    assert set(r) == {"aupr_ma", "dice_ma", "iou_ma", "precision_ma", "n_pos_ma", "aupr_mean", "dice_mean",
+                      "iou_mean", "precision_mean"}
 
 
 def test_subsampled_aupr_keeps_positives_and_is_close_to_exact():

@@ -20,12 +20,14 @@ def test_perfect_prediction_scores_one():
     t = _disc()
     m = segmentation_metrics(t.astype(np.float32), t)
     assert m["dice"] == m["sensitivity"] == m["specificity"] == m["accuracy"] == m["auc"] == 1.0
+    assert m["iou"] == m["precision"] == 1.0
 
 
 def test_disjoint_prediction_scores_zero():
     t = _disc()
     m = segmentation_metrics((~t).astype(np.float32), t)
     assert m["dice"] == 0.0 and m["sensitivity"] == 0.0 and m["specificity"] == 0.0 and m["accuracy"] == 0.0
+    assert m["iou"] == 0.0 and m["precision"] == 0.0
     assert m["auc"] == 0.0  # a perfectly inverted ranking
 
 
@@ -35,6 +37,20 @@ def test_counts_by_hand():
     m = segmentation_metrics(p, t)
     assert m["dice"] == pytest.approx(0.5) and m["sensitivity"] == 0.5 and m["specificity"] == 0.5
     assert m["accuracy"] == 0.5 and m["auc"] == pytest.approx(0.75)  # pairs ranked right: 3 of 4
+    assert m["iou"] == pytest.approx(1 / 3) and m["precision"] == 0.5  # tp / (tp + fp + fn), tp / (tp + fp)
+
+
+def test_iou_and_precision_by_hand_and_their_relation_to_dice():
+    # tp 3, fp 1, fn 2, tn 4 (paper Table 5 reports IoU and precision next to Dice)
+    t = np.array([[1, 1, 1, 1, 1, 0, 0, 0, 0, 0]], bool)
+    p = np.array([[0.9, 0.8, 0.6, 0.2, 0.1, 0.7, 0.3, 0.0, 0.4, 0.1]], np.float32)
+    m = segmentation_metrics(p, t)
+    assert m["iou"] == pytest.approx(3 / 6) and m["precision"] == pytest.approx(3 / 4)
+    assert m["dice"] == pytest.approx(6 / 9) and m["sensitivity"] == pytest.approx(3 / 5)
+    assert m["iou"] == pytest.approx(m["dice"] / (2 - m["dice"]))  # Jaccard = Dice / (2 - Dice)
+    # nothing predicted positive: precision undefined (nan), IoU 0 (there were vessels)
+    m = segmentation_metrics(np.zeros_like(p), t)
+    assert math.isnan(m["precision"]) and m["iou"] == 0.0
 
 
 def test_fov_restriction_ignores_outside_pixels():

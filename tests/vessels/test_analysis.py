@@ -28,7 +28,29 @@ def test_every_stored_biomarker_is_returned_with_a_value_or_a_reason(analysis):
     assert set(analysis.biomarkers) == set(C.BIOMARKERS)
     for name, m in analysis.biomarkers.items():
         assert m.ok or m.reason, name
-    assert set(analysis.reasons()) == {k for k, m in analysis.biomarkers.items() if not m.ok}
+    # reasons: every null, and every flagged value (a value with a caveat)
+    assert set(analysis.reasons()) == {k for k, m in analysis.biomarkers.items() if not m.ok or m.reason}
+    assert set(analysis.zone_counts) == set(C.ZONE_VESSEL_COUNTS)
+
+
+def test_zone_counts_are_stored_and_fewer_than_six_are_flagged(fundus, analysis):
+    b, n = analysis.biomarkers, analysis.zone_counts
+    assert all(isinstance(v, int) and 2 <= v <= 6 for v in n.values()), n
+    for prefix, name in (("crae", "arterioles"), ("crve", "venules")):
+        k = n[f"{prefix}_n_vessels"]
+        for formula in ("parr_hubbard", "knudtson"):
+            m = b[f"{prefix}_{formula}_um"]
+            assert m.ok
+            assert (m.reason is None) == (k == 6), (k, m.reason)
+            if k < 6:
+                assert f"only {k} of 6 {name}" in analysis.reasons()[f"{prefix}_{formula}_um"]
+    # a smaller fixed count: both counts reach it, nothing is flagged
+    two = analyse_vessels(fundus.vessel_mask.astype(np.float32), fundus.image, fundus.fov_mask,
+                          av_classifier=load_default_av_classifier(), crx_vessels=2, glcm_homogeneity="skimage")
+    assert two.zone_counts == {"crae_n_vessels": 2, "crve_n_vessels": 2}
+    assert not any(k.startswith(("crae", "crve", "avr")) for k in two.reasons())
+    assert two.biomarkers["glcm_homogeneity"].value != analysis.biomarkers["glcm_homogeneity"].value
+    assert two.biomarkers["glcm_contrast"].value == analysis.biomarkers["glcm_contrast"].value
 
 
 def test_known_tree_disc_av_and_calibres(fundus, analysis):
@@ -83,6 +105,7 @@ def test_no_visible_disc_and_no_classifier_give_reasons():
     fundus = make_fundus(seed=4, width=256, height=256, lesions=False)
     res = analyse_vessels(fundus.vessel_mask.astype(np.float32), fundus.image, fundus.fov_mask, av_classifier=None)
     assert "no artery/vein classifier" in res.reasons()["avr_knudtson"]
+    assert res.zone_counts == {"crae_n_vessels": None, "crve_n_vessels": None}
     assert set(np.unique(res.graph.av_label)) <= {-1}
 
 

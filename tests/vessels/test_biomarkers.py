@@ -220,14 +220,14 @@ def direct_glcm(levels_img: np.ndarray, n_levels: int, dr: int, dc: int) -> np.n
     return P / P.sum()
 
 
-def props_of(P: np.ndarray) -> dict[str, float]:
+def props_of(P: np.ndarray, homogeneity: str = "paper") -> dict[str, float]:
     i, j = np.indices(P.shape)
     mi, mj = (i * P).sum(), (j * P).sum()
     si, sj = np.sqrt(((i - mi) ** 2 * P).sum()), np.sqrt(((j - mj) ** 2 * P).sum())
     nz = P[P > 0]
+    hom = (P / (1 + np.abs(i - j))).sum() if homogeneity == "paper" else (P / (1 + (i - j) ** 2)).sum()
     return {"contrast": ((i - j) ** 2 * P).sum(), "correlation": ((i - mi) * (j - mj) * P).sum() / (si * sj),
-            "energy": (P ** 2).sum(), "homogeneity": (P / (1 + (i - j) ** 2)).sum(),
-            "entropy": -(nz * np.log2(nz)).sum()}
+            "energy": (P ** 2).sum(), "homogeneity": hom, "entropy": -(nz * np.log2(nz)).sum()}
 
 
 LEVELS4 = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 2, 2, 2], [2, 2, 3, 3]])
@@ -241,9 +241,20 @@ def test_glcm_matches_hand_count_on_4x4():
     assert f["contrast"] == pytest.approx(14 / 24)
     # energy: symmetric counts [[4,2,1,0],[2,4,0,0],[1,0,6,1],[0,0,1,2]] -> sum c^2 / 24^2
     assert f["energy"] == pytest.approx((16 + 4 + 1 + 4 + 16 + 1 + 36 + 1 + 1 + 4) / 576)
+    # homogeneity, eq. 20: sum G / (1 + |i - j|): diagonal 4+4+6+2 = 16, |i-j| = 1: 2+2+1+1 = 6, |i-j| = 2: 1+1 = 2
+    assert f["homogeneity"] == pytest.approx((16 + 6 / 2 + 2 / 3) / 24)  # 0.81944
+    # scikit-image's variant sum G / (1 + (i - j)^2), by name: |i-j| = 2 now weighs 1/5
+    sk = glcm_features(gray, angles=(0.0,), levels=4, homogeneity="skimage")
+    assert sk["homogeneity"] == pytest.approx((16 + 6 / 2 + 2 / 5) / 24)  # 0.80833
+    assert {k: v for k, v in sk.items() if k != "homogeneity"} == {k: v for k, v in f.items() if k != "homogeneity"}
+    # entropy in bits: -sum G log2 G over the 10 non-zero cells
+    counts = np.array([4, 2, 1, 2, 4, 1, 6, 1, 1, 2]) / 24
+    assert f["entropy"] == pytest.approx(-(counts * np.log2(counts)).sum())
     ref = props_of(direct_glcm(LEVELS4, 4, 0, 1))
     for k in ref:
         assert f[k] == pytest.approx(ref[k], rel=1e-12), k
+    with pytest.raises(ValueError, match="homogeneity must be one of paper, skimage"):
+        glcm_features(gray, homogeneity="haralick")
 
 
 def test_glcm_four_angles_average_direct_counts():
@@ -289,16 +300,19 @@ def skimage_props(patch: np.ndarray, levels: int, distances=(1,)) -> dict[str, f
     tot = P.sum(axis=(0, 1))
     ok = tot > 0
     if not ok.any():
-        return {k: float("nan") for k in GLCM_PROPS}
+        return {k: float("nan") for k in (*GLCM_PROPS, "homogeneity_paper")}
     P = P / np.where(ok, tot, 1)
     out = {k: graycoprops(P, k)[ok].mean() for k in ("contrast", "correlation", "homogeneity")}
+    i, j = np.indices((levels, levels))
+    out["homogeneity_paper"] = ((P / (1 + np.abs(i - j))[:, :, None, None]).sum(axis=(0, 1)))[ok].mean()  # eq. 20
     out["energy"] = graycoprops(P, "ASM")[ok].mean()
     out["entropy"] = np.mean([-(p[p > 0] * np.log2(p[p > 0])).sum() for p in np.moveaxis(P, (2, 3), (0, 1))[ok]])
     return out
 
 
 def test_vectorised_patch_glcm_equals_skimage_on_random_patches():
-    """All patches in one bincount == graycomatrix/graycoprops on each (border-clipped) patch."""
+    """All patches in one bincount == graycomatrix/graycoprops on each (border-clipped) patch (homogeneity:
+    skimage's variant against graycoprops, the default eq. 20 against the same matrices weighted by hand)."""
     rng = np.random.default_rng(8)
     images = [rng.integers(0, 256, (41, 53)).astype(np.uint8),  # noise
               np.full((41, 53), 77, np.uint8),  # constant: correlation 1 (skimage's convention)
@@ -310,11 +324,13 @@ def test_vectorised_patch_glcm_equals_skimage_on_random_patches():
         centres[:4] = [[0, 0], [40, 52], [0, 52], [40, 0]]  # corners: clipped patches
         # (7, 16, (9,)): only the diagonal offsets (6, 6) fit a full patch; clipped ones may have no pair
         for patch_px, levels, dist in ((15, 32, (1,)), (5, 8, (1, 2)), (3, 256, (1,)), (7, 16, (9,))):
-            got = glcm_patch_features(gray, centres, patch_px, distances=dist, levels=levels)
+            got = glcm_patch_features(gray, centres, patch_px, distances=dist, levels=levels, homogeneity="skimage")
+            got["homogeneity_paper"] = glcm_patch_features(gray, centres, patch_px, distances=dist,
+                                                           levels=levels)["homogeneity"]
             h = patch_px // 2
             for i, (r, c) in enumerate(centres):
                 ref = skimage_props(gray[max(r - h, 0):r + h + 1, max(c - h, 0):c + h + 1], levels, dist)
-                for k in GLCM_PROPS:
+                for k in (*GLCM_PROPS, "homogeneity_paper"):
                     if math.isnan(ref[k]):
                         assert math.isnan(got[k][i]), (k, patch_px, i)
                     else:
@@ -326,7 +342,8 @@ def test_vectorised_patch_glcm_equals_skimage_on_random_patches():
     assert glcm_patch_features(images[0], np.zeros((0, 2), int), 15)["contrast"].shape == (0,)
 
 
-def direct_masked_glcm_props(gray: np.ndarray, mask: np.ndarray, levels: int) -> dict[str, float]:
+def direct_masked_glcm_props(gray: np.ndarray, mask: np.ndarray, levels: int,
+                             homogeneity: str = "paper") -> dict[str, float]:
     """Loops: pairs of mask pixels at distance 1 in the 4 directions, quantised 1 + g * (levels - 1) // 256."""
     lv = np.where(mask, 1 + gray.astype(int) * (levels - 1) // 256, 0)
     per_angle = []
@@ -339,7 +356,7 @@ def direct_masked_glcm_props(gray: np.ndarray, mask: np.ndarray, levels: int) ->
                     P[lv[r, c], lv[r2, c2]] += 1
                     P[lv[r2, c2], lv[r, c]] += 1
         if P.sum():
-            per_angle.append(props_of(P / P.sum()))
+            per_angle.append(props_of(P / P.sum(), homogeneity))
     return {k: float(np.mean([p[k] for p in per_angle])) for k in per_angle[0]}
 
 
@@ -355,6 +372,9 @@ def test_global_biomarkers_glcm_over_the_vasculature():
     for k in GLCM_PROPS:
         assert bm[f"glcm_{k}"].ok and bm[f"glcm_{k}"].value == pytest.approx(ref[k], rel=1e-10), k
     assert vessel_glcm(mask, img) == {k: bm[k] for k in bm if k.startswith("glcm_")}
+    sk = global_biomarkers(mask, g, image=img, glcm_homogeneity="skimage")["glcm_homogeneity"].value
+    assert sk == pytest.approx(direct_masked_glcm_props(img[..., 1], mask, 32, "skimage")["homogeneity"], rel=1e-10)
+    assert sk != pytest.approx(bm["glcm_homogeneity"].value, rel=1e-3)  # the two definitions differ here
     # pixels outside the vessels do not matter; the FOV removes vessel pixels outside it
     img2 = img.copy()
     img2[~mask] = 255 - img2[~mask]

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from dr_ray.vessels import OpticDisc, vessel_graph, zone_calibres, zone_vessels
-from dr_ray.vessels.zone import ZONE_KEYS
+from dr_ray.io import columns as C
+from dr_ray.vessels import OpticDisc, vessel_graph, zone_calibres, zone_measurements, zone_vessels
+from dr_ray.vessels.zone import ZONE_COUNT_KEYS, ZONE_KEYS
 
 SHAPE = (400, 400)
 DISC = OpticDisc(True, cx=200.0, cy=200.0, diameter_px=100.0, score=1.0)  # zone: 100..150 px from (200, 200)
@@ -66,8 +67,17 @@ def big6(widths, pair):
 
 def test_two_arterioles_two_venules_equal_the_hand_computed_values():
     mask, _, g = drawn([(0, 5, 1), (3, 7, 1), (6, 9, 2), (8, 11, 2)])
-    z = zone_calibres(g, DISC, um_per_px=10.0, mask=mask)
-    assert set(z) == set(ZONE_KEYS) and all(m.ok for m in z.values())
+    zm = zone_measurements(g, DISC, um_per_px=10.0, mask=mask, n_vessels=2)
+    z = zm.biomarkers
+    assert set(z) == set(ZONE_KEYS) and all(m.ok and m.reason is None for m in z.values())
+    assert zm.counts == {"crae_n_vessels": 2, "crve_n_vessels": 2}
+    # with the default fixed count (6) the same values are kept but flagged: only 2 of 6 each
+    z6 = zone_calibres(g, DISC, um_per_px=10.0, mask=mask)
+    for k in ZONE_KEYS:
+        assert z6[k].value == z[k].value, k
+    assert "only 2 of 6 arterioles in the zone" in z6["crae_knudtson_um"].reason
+    assert "only 2 of 6 venules in the zone" in z6["crve_parr_hubbard_um"].reason
+    assert "arterioles" in z6["avr_knudtson"].reason and "venules" in z6["avr_knudtson"].reason
     # widths 50, 70 um (arterioles), 90, 110 um (venules)
     crae_ph = math.sqrt(0.87 * 50 ** 2 + 1.01 * 70 ** 2 - 0.22 * 50 * 70 - 10.76)  # 79.644
     crve_ph = math.sqrt(0.72 * 90 ** 2 + 0.91 * 110 ** 2 + 450.02)  # 131.503
@@ -89,7 +99,11 @@ def test_widest_six_with_the_big6_pairing_and_scale_from_the_disc():
     zv = zone_vessels(g, DISC, mask=mask)
     assert sorted(round(v.width_px, 6) for v in zv if v.av == 1) == arteries
     assert sorted(round(v.width_px, 6) for v in zv if v.av == 2) == veins
-    z = zone_calibres(g, DISC, mask=mask)  # um_per_px None: 1800 um / 100 px = 18 um/px
+    zm = zone_measurements(g, DISC, mask=mask)  # um_per_px None: 1800 um / 100 px = 18 um/px
+    z = zm.biomarkers
+    assert zm.counts == {"crae_n_vessels": 6, "crve_n_vessels": 3}  # 6 of 7 arterioles used; 3 venules only
+    assert z["crae_knudtson_um"].reason is None and z["crae_parr_hubbard_um"].reason is None
+    assert "only 3 of 6 venules" in z["crve_knudtson_um"].reason and z["crve_knudtson_um"].ok
     a_um = [18.0 * w for w in arteries[1:]]
     v_um = [18.0 * w for w in veins]
     assert z["crae_knudtson_um"].value == pytest.approx(big6(a_um, kn(0.88)), rel=1e-9)
@@ -100,9 +114,36 @@ def test_widest_six_with_the_big6_pairing_and_scale_from_the_disc():
     z2 = zone_calibres(g, DISC, mask=mask, disc_diameter_um=900.0)
     assert z2["crae_knudtson_um"].value == pytest.approx(0.5 * z["crae_knudtson_um"].value, rel=1e-9)
     assert z2["avr_knudtson"].value == pytest.approx(z["avr_knudtson"].value, rel=1e-9)
-    # max_vessels=2: the two widest of each
-    z3 = zone_calibres(g, DISC, mask=mask, max_vessels=2)
-    assert z3["crae_knudtson_um"].value == pytest.approx(0.88 * math.hypot(18 * 13, 18 * 15), rel=1e-9)
+    # n_vessels=2: the two widest of each, nothing flagged
+    z3 = zone_measurements(g, DISC, mask=mask, n_vessels=2)
+    assert z3.biomarkers["crae_knudtson_um"].value == pytest.approx(0.88 * math.hypot(18 * 13, 18 * 15), rel=1e-9)
+    assert z3.counts == {"crae_n_vessels": 2, "crve_n_vessels": 2}
+    assert all(m.reason is None for m in z3.biomarkers.values())
+
+
+def test_the_vessel_count_alone_moves_crae_by_40_percent_so_it_is_fixed_stored_and_flagged():
+    # identical widths (9 px arterioles, 11 px venules); image A has 2 of each in the zone, image B 6 arterioles
+    few = drawn([(0, 9, 1), (3, 9, 1), (6, 11, 2), (8, 11, 2)])
+    many = drawn([(i, 9, 1) for i in range(6)] + [(6, 11, 2), (8, 11, 2)])
+    za = zone_measurements(few[2], DISC, um_per_px=10.0, mask=few[0])
+    zb = zone_measurements(many[2], DISC, um_per_px=10.0, mask=many[0])
+    a, b = za.biomarkers, zb.biomarkers
+    # by hand: Knudtson over 2 x 90 um vs over 6 x 90 um (big-6 pairing)
+    assert a["crae_knudtson_um"].value == pytest.approx(0.88 * math.sqrt(2) * 90, rel=1e-9)
+    assert b["crae_knudtson_um"].value == pytest.approx(big6([90.0] * 6, kn(0.88)), rel=1e-9)
+    assert b["crae_parr_hubbard_um"].value == pytest.approx(big6([90.0] * 6, ph_artery), rel=1e-9)
+    ratio = b["crae_knudtson_um"].value / a["crae_knudtson_um"].value
+    assert ratio == pytest.approx(1.405, abs=0.001)  # +40% from the count alone
+    assert b["crae_parr_hubbard_um"].value / a["crae_parr_hubbard_um"].value > 1.35
+    # so the count is stored and the short image is flagged (value kept)
+    assert (za.counts["crae_n_vessels"], zb.counts["crae_n_vessels"]) == (2, 6)
+    assert a["crae_knudtson_um"].ok and "only 2 of 6 arterioles" in a["crae_knudtson_um"].reason
+    assert b["crae_knudtson_um"].reason is None
+    # a fixed count both images reach makes the values equal again
+    za2 = zone_calibres(few[2], DISC, um_per_px=10.0, mask=few[0], n_vessels=2)
+    zb2 = zone_calibres(many[2], DISC, um_per_px=10.0, mask=many[0], n_vessels=2)
+    for k in ("crae_knudtson_um", "crae_parr_hubbard_um", "avr_knudtson", "avr_parr_hubbard"):
+        assert za2[k].value == pytest.approx(zb2[k].value, rel=1e-12), k
 
 
 def test_vessel_split_by_a_branch_and_a_crossing_in_the_zone_is_counted_once():
@@ -135,29 +176,39 @@ def test_without_mask_segment_means_are_used():
 
 def test_not_measurable_cases_give_reasons():
     mask, _, g = drawn([(0, 5, 1), (6, 9, 2), (8, 11, 2)])  # one arteriole only
-    z = zone_calibres(g, DISC, um_per_px=10.0, mask=mask)
+    zm = zone_measurements(g, DISC, um_per_px=10.0, mask=mask)
+    z = zm.biomarkers
     for k in ("crae_parr_hubbard_um", "crae_knudtson_um", "avr_parr_hubbard", "avr_knudtson"):
-        assert z[k].value is None and "1 arterioles" in z[k].reason and "need >= 2" in z[k].reason
+        assert z[k].value is None and "only 1 of 6 arterioles" in z[k].reason and "need >= 2" in z[k].reason
     assert z["crve_knudtson_um"].ok and z["crve_parr_hubbard_um"].ok
+    assert zm.counts == {"crae_n_vessels": 1, "crve_n_vessels": 2}
 
     lost = OpticDisc(False, reason="no compact bright region")
-    z = zone_calibres(g, lost)
+    zm = zone_measurements(g, lost)
+    z = zm.biomarkers
     assert all(m.value is None and "optic disc not found: no compact bright region" in m.reason for m in z.values())
+    assert zm.counts == {"crae_n_vessels": None, "crve_n_vessels": None}
 
     corner = OpticDisc(True, cx=0.0, cy=0.0, diameter_px=300.0)  # ring radius 375 px: mostly off the frame
-    z = zone_calibres(g, corner)
-    assert all(m.value is None and "outside the image" in m.reason for m in z.values())
+    zm = zone_measurements(g, corner)
+    assert all(m.value is None and "outside the image" in m.reason for m in zm.biomarkers.values())
+    assert set(zm.counts.values()) == {None}
 
     unlabelled = vessel_graph(mask)  # no A/V labels at all
-    z = zone_calibres(unlabelled, DISC, um_per_px=10.0)
+    zm = zone_measurements(unlabelled, DISC, um_per_px=10.0)
+    z = zm.biomarkers
     assert all(m.value is None for m in z.values())
-    assert "0 arterioles" in z["crae_knudtson_um"].reason and "0 venules" in z["crve_knudtson_um"].reason
+    assert "only 0 of 6 arterioles" in z["crae_knudtson_um"].reason and "0 of 6 venules" in z["crve_knudtson_um"].reason
+    assert zm.counts == {"crae_n_vessels": 0, "crve_n_vessels": 0}
+    assert ZONE_COUNT_KEYS == C.ZONE_VESSEL_COUNTS
 
 
 def test_bad_arguments_raise():
     mask, _, g = drawn([(0, 5, 1), (3, 7, 1)])
-    with pytest.raises(ValueError, match="max_vessels"):
-        zone_calibres(g, DISC, max_vessels=1)
+    with pytest.raises(ValueError, match="n_vessels"):
+        zone_calibres(g, DISC, n_vessels=1)
+    with pytest.raises(ValueError, match="n_vessels"):
+        zone_measurements(g, DISC, n_vessels=6.0)
     with pytest.raises(ValueError, match="um_per_px"):
         zone_calibres(g, DISC, um_per_px=0.0)
     with pytest.raises(ValueError, match="mask shape"):
