@@ -134,7 +134,7 @@ def test_kfold_training_exports_the_best_epoch_with_cv_and_paired_test(stages, f
     # the exported model is the best epoch's: its validation loss reproduces the one recorded for that epoch
     model, meta = load_model_dir(stages / "gf" / "fold_1" / "model")
     spec = InputSpec.from_dict(meta["extra"]["inputs"])
-    assert spec.stats_features == ("avr_knudtson", "fractal_dimension", "glcm_contrast", "glcm_entropy")
+    assert spec.stats_features == ("avr_parr_hubbard", "fractal_dimension", "glcm_contrast", "glcm_entropy")
     data_dir = Path(meta["extra"]["fusion_data"]) / "status=ok"
     rows = pq.read_table(data_dir, columns=spec.columns()).to_pydict()
     keep = [i for i, f in enumerate(rows[C.FOLD]) if f == 1]
