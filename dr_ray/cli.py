@@ -171,15 +171,25 @@ def _train(cfg: Config) -> int:
         print(f"  fold {f['fold']}: best epoch {f['best_epoch']}/{f['epochs_run']}, val AUC {_fmt(f.get('auc'))}, "
               f"accuracy {_fmt(f.get('accuracy'))}, sensitivity {_fmt(f.get('sensitivity'))}, "
               f"specificity {_fmt(f.get('specificity'))}, QWK {_fmt(f.get('qwk'))}")
+    pooled = s.get("pooled", {}).get("metrics", {})
     for m in ("auc", "accuracy", "qwk"):
         c = s["cv"].get(m)
         if c:
-            print(f"  CV {m}: {_fmt(c['mean'])} (95% CI {_fmt(c['ci_low'])}..{_fmt(c['ci_high'])}, {c['n']} folds)")
+            print(f"  mean over outer test folds, {m}: {_fmt(c['mean'])} (95% t CI {_fmt(c['ci_low'])}.."
+                  f"{_fmt(c['ci_high'])}{', clipped' if c.get('clipped') else ''}, {c['n']} folds)")
+        b = pooled.get(m)
+        if b:
+            print(f"  pooled out-of-fold {m}: {_fmt(b['estimate'])} (95% patient bootstrap CI {_fmt(b['ci_low'])}.."
+                  f"{_fmt(b['ci_high'])}{'; ' + b['reason'] if b.get('reason') else ''})")
     if "comparison" in s:
         r = s["comparison"]["metrics"].get("auc")
         if r:
-            print(f"  vs {s['comparison']['baseline']}: AUC difference {_fmt(r['mean_diff'])}, paired t-test "
-                  f"p = {_fmt(r['p'])}")
+            print(f"  vs {s['comparison']['baseline']}: AUC difference {_fmt(r['mean_diff'])}, corrected resampled "
+                  f"t p = {_fmt(r['p'])}")
+        d = s["comparison"].get("delong", {})
+        if d.get("p") is not None:
+            print(f"  vs {s['comparison']['baseline']}: DeLong ({d['metric']}, {d['paired_images']} images) "
+                  f"p = {_fmt(d['p'])}")
     print(f"  models: {s['output']}/fold_*/model   summary: {s['cv_path']}   tensorboard: {s['output']}/tensorboard")
     return 0
 

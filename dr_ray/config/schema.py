@@ -488,6 +488,7 @@ class TrainConfig:
     augment: bool = True  # random flips, 90-degree rotations and brightness/contrast jitter (training rows)
     folds: tuple[int, ...] = ()  # folds to run (each validated on itself); () = every fold (K-fold CV)
     baseline: str = ""  # another train run under output.dir (its name) for the paired test per metric
+    bootstrap: int = 2000  # patient-level bootstrap resamples of the pooled out-of-fold metrics in cv.json (0 = off)
     join: tuple[str, ...] = ()  # stages joined besides those the model needs (pseudo_labels, vessels): e.g. a
     #                             baseline joined with [vessels] is trained and scored on the images graph_fusion sees
     num_workers: int = 1  # Ray Train workers (DDP when > 1), one GPU each when use_gpu
@@ -513,6 +514,7 @@ class TrainConfig:
         k = "train."
         _check(_plain_name(self.name), k + "name", self.name, "must be a plain folder name")
         _check(self.task in TASKS, k + "task", self.task, f"must be one of {', '.join(TASKS)}")
+        _check(0 <= self.bootstrap <= 100_000, k + "bootstrap", self.bootstrap, "must be in 0..100000 (resamples)")
         _check(self.model in CLASSIFIER_MODELS, k + "model", self.model,
                f"must be one of {', '.join(CLASSIFIER_MODELS)}")
         _check(self.model != "timm_classifier" or bool(self.backbone), k + "backbone", self.backbone,
@@ -662,9 +664,12 @@ class EvaluateConfig:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     amp_bf16: bool = True
+    bootstrap: int = 2000  # patient-level bootstrap resamples of the pooled metrics in the report (0 = off)
+    bootstrap_seed: int = 0  # seed of those resamples (same predictions + seed = same intervals)
 
     def __post_init__(self) -> None:
         k = "evaluate."
+        _check(0 <= self.bootstrap <= 100_000, k + "bootstrap", self.bootstrap, "must be in 0..100000 (resamples)")
         _check(not self.run or _plain_name(self.run), k + "run", self.run, "must be a train run name")
         _check(1 <= self.mc_samples <= 1000, k + "mc_samples", self.mc_samples, "must be in 1..1000")
         _check(0 <= self.gradcam_images <= 1000, k + "gradcam_images", self.gradcam_images, "must be in 0..1000")

@@ -6,8 +6,11 @@ it never trained on) in a Ray Data actor pool (:class:`ClassifierActor`, GPU whe
 softmax probabilities, the Monte-Carlo-dropout mean over ``evaluate.mc_samples`` passes and its predictive entropy
 (DCAT's uncertainty). Predictions go to ``<run>/evaluation/predictions/fold_<k>/status=*/`` (an image that fails
 to decode is a quarantined row with its reason; rows in = predicted + quarantined, per fold). The driver then
-reads the predictions (a few numbers per image) and writes ``<run>/evaluation/report.html``: metrics per fold and
-pooled with the CV mean and 95% CI, ROC and PR curves per fold, confusion matrix, calibration plot, the entropy
+reads the predictions (a few numbers per image) and writes ``<run>/evaluation/report.html``: metrics per outer test
+fold and pooled out-of-fold with patient-level bootstrap intervals (``evaluate.bootstrap`` resamples), the mean over
+folds with its Student-t interval clipped to the metric's range (labelled), the numbers that selected the epoch
+(apart), the comparison with the train run's baseline (corrected resampled t, DeLong), a "patient-level folds"
+header line, ROC and PR curves per fold, confusion matrix, calibration plot, the entropy
 histogram, the most uncertain cases, and Grad-CAM overlays on sample images. Plots are also saved as PNG files.
 """
 
@@ -234,7 +237,10 @@ def run_evaluate(cfg: Config) -> dict:
     from dr_ray.report.html import Report
     from dr_ray.report.plots import (calibration_png, confusion_matrix_png, histogram_png, image_grid_png,
                                      pr_curve_png, roc_curve_png)
+    from dr_ray.report.stats_tables import (comparison_rows, delong_rows, fold_mean_rows, patient_level_line,
+                                            pooled_rows, selection_rows)
     from dr_ray.training.classification_metrics import classification_metrics, cv_summary
+    from dr_ray.training.stats import bootstrap_metrics
 
     e = cfg.evaluate
     run = e.run or cfg.train.name
@@ -282,28 +288,65 @@ def run_evaluate(cfg: Config) -> dict:
     pooled = classification_metrics(labels, probs) if len(labels) else {}
     mc_pooled = classification_metrics(labels, mc / mc.sum(1, keepdims=True)) if len(labels) else {}
     summary_cv = cv_summary([{k: v for k, v in f.items() if k != "fold"} for f in per_fold])
+    pooled_ci: dict = {}
+    if len(labels):
+        first_model = model_dirs[sorted(model_dirs, key=int)[0]]
+        from dr_ray.models import read_metadata
+
+        ok_dir = fs.join(read_metadata(first_model)["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
+        pr = _image_rows(ok_dir, ids, [C.IMAGE_ID, C.PATIENT_ID])
+        pmap = dict(zip(pr[C.IMAGE_ID], pr[C.PATIENT_ID]))
+        missing = [i for i in ids if pmap.get(i) is None]
+        if missing:
+            raise ValueError(f"evaluate: {len(missing)} predicted image(s) have no patient_id in {ok_dir}, e.g. "
+                             f"{missing[:3]}: cannot resample patients")
+        pooled_ci = bootstrap_metrics(labels, probs, [pmap[i] for i in ids], n_boot=e.bootstrap,
+                                      seed=e.bootstrap_seed)
 
     report = Report(f"dr-ray evaluation: {run} ({cv['model']}, {task})")
+    report.add_text(patient_level_line(cv))
     report.add_key_values({"run": str(run_dir), "model": cv["model"], "modalities": ", ".join(cv["modalities"]),
                            "task": task, "folds": len(per_fold), "images predicted": int(len(labels)),
                            "quarantined": int(bad_t.num_rows), "training data hash": cv.get("train_data_hash"),
                            "MC-dropout passes": e.mc_samples})
     report.add_heading("Cross-validation (out-of-fold)", 2)
+    report.add_text("Each image is scored once, by the model of the fold that held it out (its outer test fold). "
+                    "Per-fold rows are those outer test folds; \"pooled\" puts every out-of-fold prediction together. "
+                    "An undefined metric (e.g. AUC of a fold with one class only) is n/a, never 0.5.")
     keys = ["auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "qwk", "ece"]
     if n_classes == 5:
         keys += ["referable_auc", "referable_sensitivity", "referable_specificity"]
-    report.add_table([{"fold": f["fold"], **{k: f.get(k) for k in keys}} for f in per_fold]
-                     + [{"fold": "pooled", **{k: pooled.get(k) for k in keys}}], columns=["fold", *keys])
-    report.add_table([{"metric": k, "mean": summary_cv[k]["mean"], "95% CI low": summary_cv[k]["ci_low"],
-                       "95% CI high": summary_cv[k]["ci_high"], "folds": summary_cv[k]["n"]}
-                      for k in keys if k in summary_cv])
+    report.add_table([{"split": f"outer test fold {f['fold']}", **{k: f.get(k) for k in keys}} for f in per_fold]
+                     + [{"split": "pooled out-of-fold", **{k: pooled.get(k) for k in keys}}], columns=["split", *keys])
+    report.add_heading("Pooled out-of-fold metrics with patient-level bootstrap intervals", 3)
+    report.add_text("Percentile bootstrap over patients (both eyes of a patient are resampled together), "
+                    f"{e.bootstrap} resamples, seed {e.bootstrap_seed}. A resample on which a metric is undefined "
+                    "is counted, and the interval is withheld when more than 5% are.")
+    rows = pooled_rows(pooled_ci, keys)
+    if rows:
+        report.add_table(rows)
+    report.add_heading("Mean over outer test folds", 3)
+    report.add_text("Student t interval over the folds, clipped to the metric's range; with few folds it is a rough "
+                    "guide (folds share training data), the pooled bootstrap interval above is the one to cite.")
+    report.add_table(fold_mean_rows(summary_cv, keys) or [{"metric": "none", "note": "no fold metrics"}])
+    selected = selection_rows(cv.get("folds", []), [*keys, "loss"])
+    if selected:
+        report.add_heading("Numbers that selected something (not test numbers)", 3)
+        report.add_text("Early stopping, the LR schedule and the epoch choice read these splits; they are shown for "
+                        "completeness and are optimistic by construction.")
+        report.add_table(selected)
     if "comparison" in cv:
         comp = cv["comparison"]
         report.add_heading(f"Paired test against {comp['baseline']}", 3)
+        report.add_text("Per metric over the common folds: Nadeau-Bengio corrected resampled t test (the variance "
+                        "is inflated by n_test/n_train because folds share training data); the Wilcoxon signed-rank "
+                        "p only where the number of folds can reach p < 0.05 (5 folds: the smallest two-sided p is "
+                        "0.0625). DeLong's test compares the pooled out-of-fold AUCs on the images both runs scored.")
         if comp.get("note"):
             report.add_text(comp["note"])
-        report.add_table([{"metric": m, **{k: v for k, v in r.items() if k != "test"}}
-                          for m, r in comp["metrics"].items()])
+        report.add_table(comparison_rows(comp.get("metrics", {})) or [{"metric": "none", "note": "no common metric"}])
+        if "delong" in comp:
+            report.add_table(delong_rows(comp["delong"]))
 
     plots: dict[str, bytes] = {}
     if len(labels) and len(set(ref_labels.tolist())) == 2:
@@ -359,7 +402,8 @@ def run_evaluate(cfg: Config) -> dict:
         report.add_table(bad_t.select([C.IMAGE_ID, C.FOLD, C.ERROR]).to_pylist())
     report_path = report.write(out / "report.html")
     summary = {"run": run, "report": str(report_path), "predictions": str(out / "predictions"),
-               "counts": counts, "pooled": pooled, "per_fold": per_fold, "cv": summary_cv,
+               "counts": counts, "pooled": pooled, "pooled_ci": pooled_ci, "per_fold": per_fold, "cv": summary_cv,
+               "patient_level": cv.get("patient_level"),
                "mc_dropout_pooled": mc_pooled}
     (out / "metrics.json").write_text(json.dumps(summary, indent=1, allow_nan=True, default=_json_default))
     return summary

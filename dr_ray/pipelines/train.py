@@ -4,8 +4,14 @@ cross-validation, from the joined stage outputs (:mod:`dr_ray.pipelines.fusion_d
 Writes under ``<output.dir>/<train.name>/``:
     fold_<k>/model/   saved model directory of fold k (the epoch with the lowest validation loss); metadata
                       ``extra``: fold, inputs (the InputSpec evaluation decodes with), best epoch and its metrics
-    cv.json           per-fold validation metrics, mean and 95% CI per metric (Student t over folds), the paired
-                      test against ``train.baseline`` when set, data hash, modalities, resolved model kwargs
+    cv.json           every number labelled with its split: per fold the metrics of the exported model on its outer
+                      test fold ("outer test fold k") and, apart, the numbers of the epoch choice ("selection");
+                      "cv": mean over folds with a Student-t interval clipped to the metric's range (labelled);
+                      "pooled": pooled out-of-fold metrics with patient-level bootstrap intervals (train.bootstrap
+                      resamples); "comparison" against ``train.baseline`` when set (corrected resampled t per
+                      metric, DeLong on the pooled out-of-fold AUCs); data hash, modalities, resolved model kwargs
+    oof_predictions.parquet   each image's out-of-fold probabilities (:mod:`dr_ray.pipelines.cv_stats`)
+    oof/fold_<k>/     the raw outer-fold prediction rows (status ok | quarantined)
     cv_folds.csv      the per-fold metrics as a table
     config.yaml       the resolved config
     tensorboard/      per-fold TensorBoard scalars (``tensorboard --logdir <this folder>``)
@@ -58,31 +64,12 @@ def _val_ids_hash(index: pa.Table, fold: int) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def compare_with_baseline(ours: list[dict], baseline_dir: Path) -> dict:
-    """Paired test per metric of our folds against the baseline run's folds (same fold numbers)."""
-    from dr_ray.training.classification_metrics import paired_test
+def compare_with_baseline(ours: list[dict], baseline_dir: Path, oof: pa.Table | None = None) -> dict:
+    """Our folds against the baseline run's (same fold numbers): corrected resampled t per metric, Wilcoxon only
+    when informative, DeLong on the pooled out-of-fold AUCs (:func:`dr_ray.pipelines.cv_stats.compare_with_baseline`)."""
+    from dr_ray.pipelines.cv_stats import compare_with_baseline as compare
 
-    path = baseline_dir / CV_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"train.baseline: {path} not found (train the baseline run first)")
-    theirs = {f["fold"]: f for f in json.loads(path.read_text())["folds"]}
-    common = [f for f in ours if f["fold"] in theirs]
-    if not common:
-        raise ValueError(f"train.baseline: {baseline_dir} has folds {sorted(theirs)}, this run "
-                         f"{[f['fold'] for f in ours]}: none in common")
-    same_val = all(theirs[f["fold"]].get("val_ids_hash") == f["val_ids_hash"] for f in common)
-    out: dict = {"baseline": str(baseline_dir), "folds": [f["fold"] for f in common],
-                 "same_validation_images": same_val, "metrics": {}}
-    if not same_val:
-        out["note"] = ("the validation images of some folds differ (the runs joined different stages, which "
-                       "quarantined different images): the pairing is by fold, not by image")
-    for m in CV_METRICS:
-        a = [f.get(m) for f in common]
-        b = [theirs[f["fold"]].get(m) for f in common]
-        if any(v is None for v in a + b):
-            continue
-        out["metrics"][m] = paired_test(a, b)
-    return out
+    return compare(ours, baseline_dir, CV_METRICS, oof=oof)
 
 
 def _mlflow(cfg: Config, fold: int) -> dict | None:
@@ -116,6 +103,8 @@ def export_fold_model(result, t, spec: InputSpec, model_dir: Path, *, cfg: Confi
 
 def run_train(cfg: Config) -> dict:
     """Train (or resume) every configured fold; returns the CV summary (also written to ``cv.json``)."""
+    from dr_ray.pipelines.cv_stats import (SPLIT_FOLD, SPLIT_FOLD_MEAN, fold_metrics, oof_table,
+                                           outer_fold_predictions, pooled_summary, write_oof)
     from dr_ray.training.classification_metrics import cv_summary
     from dr_ray.training.ray_fusion import classifier_kwargs, fit_fold, model_modalities, tensorboard_callback
 
@@ -138,6 +127,7 @@ def run_train(cfg: Config) -> dict:
              index.num_rows, np.bincount(labels, minlength=t.num_classes).tolist(), folds)
     init_ray(cfg.ray)
     per_fold: list[dict] = []
+    oof_parts = []
     for k in folds:
         train_labels = labels[fold_col != k]
         spec = fold_spec(t, data, modalities, index, k)
@@ -155,27 +145,42 @@ def run_train(cfg: Config) -> dict:
                "train_rows_per_s": float(np.mean([h["train_rows_per_s"] for h in history])),
                "busy_fraction": float(np.nanmean([h["busy_fraction"] if h["busy_fraction"] is not None else np.nan
                                                   for h in history]))}
-        row.update({m: best.get(f"val_{m}") for m in CV_METRICS if f"val_{m}" in best})
+        # the epoch choice's own numbers stay apart from the reported ones: they come from the split that selected
+        row["selection"] = {"split": "validation split of the epoch choice (early stopping, LR schedule)",
+                            **{m: best.get(f"val_{m}") for m in CV_METRICS if f"val_{m}" in best}}
+        # the reported numbers: the exported (chosen-epoch) model, once, on its outer test fold
+        preds, counts = outer_fold_predictions(cfg, str(out / f"fold_{k}" / "model"), k, out / "oof" / f"fold_{k}")
+        oof_parts.append(preds)
+        row["test_images"], row["test_quarantined"] = counts["predicted"], counts["quarantined"]
         per_fold.append(row)
         log.info("fold %d: best epoch %d, val auc %s, val loss %.4f", k, best["epoch"], best.get("val_auc"),
                  best["val_loss"])
+    oof = oof_table(oof_parts, index)
+    write_oof(oof, out)
+    outer = {f["fold"]: f for f in fold_metrics(oof)}
+    for row in per_fold:
+        row.update(outer.get(row["fold"], {"split": SPLIT_FOLD.format(k=row["fold"])}))
     summary = {
         "name": t.name, "model": t.model, "task": t.task, "modalities": list(modalities),
         "model_kwargs": classifier_kwargs(t), "folds": per_fold,
-        "cv": cv_summary([{m: (np.nan if f.get(m) is None else f[m]) for m in CV_METRICS if m in f}
-                          for f in per_fold]),
+        "cv": cv_summary([{m: f.get(m) for m in CV_METRICS if m in f} for f in per_fold]),
+        "cv_split": f"{SPLIT_FOLD_MEAN}; Student t interval over folds, clipped to the metric's range",
+        "pooled": pooled_summary(oof, n_boot=t.bootstrap, seed=t.seed),
         "data": data.as_dict(), "train_data_hash": data.data_hash, "output": str(out),
         "model_dirs": {str(f["fold"]): str(out / f"fold_{f['fold']}" / "model") for f in per_fold},
     }
     if t.baseline:
-        summary["comparison"] = compare_with_baseline(per_fold, Path(stage_dir(cfg.output.dir, t.baseline)))
+        summary["comparison"] = compare_with_baseline(per_fold, Path(stage_dir(cfg.output.dir, t.baseline)), oof)
     (out / CV_FILE).write_text(json.dumps(summary, indent=1, allow_nan=True))
 
     with open(out / "cv_folds.csv", "w", newline="") as f:
-        cols = sorted({k for r in per_fold for k in r}, key=lambda c: (c != "fold", c))
+        flat = [{**{k: v for k, v in r.items() if not isinstance(v, dict)},
+                 **{f"{k}_{m}": x for k, v in r.items() if isinstance(v, dict) for m, x in v.items()}}
+                for r in per_fold]
+        cols = sorted({k for r in flat for k in r}, key=lambda c: (c != "fold", c))
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
-        w.writerows(per_fold)
+        w.writerows(flat)
     summary["cv_path"] = str(out / CV_FILE)
     return summary
 

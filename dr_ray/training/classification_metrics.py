@@ -1,7 +1,7 @@
 """Image-level classification metrics (binary referable DR and 5-grade ICDR), calibration, fold summaries.
 
 All functions are pure: arrays in, floats / arrays / dicts out. The ratios come from scikit-learn, the
-tests and intervals from SciPy; only the expected calibration error and the per-class specificity, which
+intervals from SciPy (bootstrap intervals and paired tests of two runs: :mod:`dr_ray.training.stats`); only the expected calibration error and the per-class specificity, which
 neither library has, are computed here.
 
 An undefined value is ``nan``, never a made-up number: AUC with one class present, precision with no
@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
@@ -27,7 +27,6 @@ __all__ = [
     "classification_metrics",
     "cv_summary",
     "expected_calibration_error",
-    "paired_test",
     "predictive_entropy",
     "reliability_bins",
 ]
@@ -234,16 +233,22 @@ def _is_number(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def cv_summary(per_fold: Sequence[Mapping[str, float]], confidence: float = 0.95) -> dict[str, dict]:
-    """Mean, sample std and Student-t confidence interval of each metric over cross-validation folds.
+def cv_summary(per_fold: Sequence[Mapping[str, float]], confidence: float = 0.95,
+               bounds: Mapping[str, tuple[float, float]] | None = None) -> dict[str, dict]:
+    """Mean, sample std and Student-t interval, clipped to the metric's range, of each metric over CV folds.
 
     per_fold: one metrics mapping per fold (e.g. from :func:`classification_metrics`). Only keys present
-    in every fold with a real-number value in every fold are summarised (strings, bools, None skipped),
-    in the first fold's key order. Per key: {"mean", "std" (ddof=1), "ci_low", "ci_high", "n", "values"}
-    where the interval is mean -/+ t_{(1+confidence)/2, n-1} * std / sqrt(n), computed over the finite
-    values only; n counts those, "values" lists every fold's value in fold order (nan kept). n == 0 gives
-    a nan mean; n < 2 gives nan std and interval.
+    in every fold with a real-number value (or None: undefined there) in every fold are summarised (strings,
+    bools skipped), in the first fold's key order. Per key: :func:`dr_ray.training.stats.t_interval` over the
+    finite values -- {"mean", "std" (ddof=1), "ci_low", "ci_high", "n", "clipped", "interval",
+    "undefined_folds"} -- plus "values" (every fold's value in fold order, nan kept). The interval
+    mean -/+ t_{(1+confidence)/2, n-1} * std / sqrt(n) is clipped to ``bounds[key]`` (default
+    :func:`dr_ray.training.stats.metric_range`: [0, 1] for proportions and AUC, [-1, 1] for kappa, none for
+    counts); "clipped" says whether that changed it and "interval" names the method, so a reader sees that a
+    t interval over few folds is only a rough guide. n == 0 gives a nan mean; n < 2 nan std and interval.
     """
+    from dr_ray.training.stats import metric_range, t_interval
+
     if isinstance(per_fold, Mapping) or not isinstance(per_fold, Sequence) or len(per_fold) == 0:
         raise ValueError(f"per_fold must be a non-empty sequence of mappings, got {per_fold!r}")
     for i, fold in enumerate(per_fold):
@@ -251,57 +256,12 @@ def cv_summary(per_fold: Sequence[Mapping[str, float]], confidence: float = 0.95
             raise ValueError(f"per_fold[{i}] must be a mapping of metric name to value, got {type(fold).__name__}")
     if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    keys = [k for k in per_fold[0] if all(k in f and _is_number(f[k]) for f in per_fold)]
+    keys = [k for k in per_fold[0]
+            if all(k in f and (f[k] is None or _is_number(f[k])) for f in per_fold)
+            and any(f[k] is not None for f in per_fold)]
     out: dict[str, dict] = {}
     for k in keys:
-        values = [float(f[k]) for f in per_fold]
-        v = np.array([x for x in values if math.isfinite(x)])
-        n = len(v)
-        mean = float(v.mean()) if n else math.nan
-        if n >= 2:
-            std = float(v.std(ddof=1))
-            half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * std / math.sqrt(n)
-            lo, hi = mean - half, mean + half
-        else:
-            std = lo = hi = math.nan
-        out[k] = {"mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "n": n, "values": values}
-    return out
-
-
-def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
-    """Paired two-sided tests of per-fold values of a model (``a``) against a baseline (``b``) on the same folds.
-
-    a, b: (K,) float, one value per fold, same length. Pairs with a non-finite value on either side are
-    dropped. Returns {"mean_diff" (mean of a - b), "t", "p" (scipy.stats.ttest_rel), "wilcoxon_p"
-    (scipy.stats.wilcoxon, only for n >= 5, else nan), "n" (pairs used), "test": "paired t-test (two-sided)"}.
-    With n < 2, t and p are nan and "reason" says why. Degenerate cases keep SciPy's answer and add a
-    "reason": all differences zero (e.g. identical arrays) -> mean_diff 0, t and p nan (0/0) and
-    wilcoxon_p 1.0; a constant non-zero difference -> t = +/-inf, p = 0.
-    """
-    x = np.asarray(a, dtype=np.float64)
-    z = np.asarray(b, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"a must be 1-D (one value per fold), got shape {x.shape}")
-    if z.shape != x.shape:
-        raise ValueError(f"b must have the shape of a {x.shape}, got {z.shape}")
-    keep = np.isfinite(x) & np.isfinite(z)
-    x, z = x[keep], z[keep]
-    n = len(x)
-    d = x - z
-    out: dict = {"mean_diff": float(d.mean()) if n else math.nan, "t": math.nan, "p": math.nan,
-                 "wilcoxon_p": math.nan, "n": n, "test": "paired t-test (two-sided)"}
-    if n < 2:
-        out["reason"] = f"need at least 2 finite pairs, got {n}"
-        return out
-    with warnings.catch_warnings():
-        # degenerate differences make SciPy warn; the outcome is reported through "reason" instead
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.ttest_rel(x, z)
-        out["t"], out["p"] = float(res.statistic), float(res.pvalue)
-        if n >= 5:
-            out["wilcoxon_p"] = float(stats.wilcoxon(x, z).pvalue)
-    if np.all(d == 0):
-        out["reason"] = "all differences are zero"
-    elif np.all(d == d[0]):
-        out["reason"] = "constant non-zero difference (zero variance)"
+        values = [math.nan if f[k] is None else float(f[k]) for f in per_fold]
+        lim = (bounds or {}).get(k, metric_range(k))
+        out[k] = {**t_interval(values, confidence=confidence, bounds=lim), "values": values}
     return out

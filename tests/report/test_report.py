@@ -126,3 +126,70 @@ def test_report_validates_inputs():
         rep.add_table([1, 2])
     with pytest.raises(ValueError, match="title"):
         Report("")
+
+
+# ---- statistics tables -------------------------------------------------------------------------------------
+
+def _parse_cis(rows, column):
+    out = []
+    for r in rows:
+        text = r[column]
+        if text != "n/a":
+            lo, hi = (float(x) for x in text.split(".."))
+            out.append((r["metric"], lo, hi))
+    return out
+
+
+def test_every_interval_the_report_prints_lies_in_the_metric_range():
+    from dr_ray.report.stats_tables import fold_mean_rows, pooled_rows
+    from dr_ray.training.classification_metrics import cv_summary
+    from dr_ray.training.stats import bootstrap_metrics, metric_range
+
+    rng = np.random.default_rng(7)
+    keys = ["auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "qwk"]
+    printed = 0
+    for trial in range(25):
+        n = int(rng.integers(2, 40))
+        y = rng.integers(0, 2, n)
+        s = np.clip(y * rng.uniform(0, 0.6) + rng.uniform(0, 0.6, n), 0, 1)
+        p = np.stack([1 - s, s], axis=1)
+        pooled = bootstrap_metrics(y, p, rng.integers(0, max(1, n // 2), n), n_boot=60, seed=trial,
+                                   max_undefined=0.5)
+        folds = [{k: float(v) for k, v in zip(keys, rng.uniform(0, 1, len(keys)) ** 0.2)} for _ in range(5)]
+        for rows, col in ((pooled_rows(pooled, keys), "95% CI"), (fold_mean_rows(cv_summary(folds), keys), "95% CI")):
+            for metric, lo, hi in _parse_cis(rows, col):
+                a, b = metric_range(metric)
+                assert a <= lo <= hi <= b, (trial, metric, lo, hi)
+                printed += 1
+    assert printed > 100
+
+
+def test_stats_tables_label_splits_clipping_reasons_and_uninformative_wilcoxon():
+    from dr_ray.report.stats_tables import (comparison_rows, delong_rows, fold_mean_rows, patient_level_line,
+                                            pooled_rows, selection_rows)
+    from dr_ray.training.classification_metrics import cv_summary
+    from dr_ray.training.stats import bootstrap_metrics, compare_folds, delong_test
+
+    assert patient_level_line({"patient_level": True}) == "patient-level folds: yes"
+    assert patient_level_line({"patient_level": False}).startswith("patient-level folds: no")
+    assert "not recorded" in patient_level_line({})
+    summary = cv_summary([{"sensitivity": v, "auc": a} for v, a in zip([1.0, 1.0, 0.5, 1.0, 0.39],
+                                                                       [0.8, None, 0.7, 0.9, 0.6])])
+    rows = {r["metric"]: r for r in fold_mean_rows(summary, ["sensitivity", "auc"])}
+    assert rows["sensitivity"]["95% CI"].endswith("..1.000") and "clipped" in rows["sensitivity"]["interval"]
+    assert rows["sensitivity"]["split"] == "mean over outer test folds" and "[1]" in rows["auc"]["note"]
+    y = np.array([0] * 6)
+    pooled = pooled_rows(bootstrap_metrics(y, np.tile([0.7, 0.3], (6, 1)), np.arange(6), n_boot=20), ["auc"])
+    assert pooled[0]["95% CI"] == "n/a" and "one class" in pooled[0]["note"] and pooled[0]["estimate"] is None
+    ours = [{"fold": k, "auc": 0.8 + 0.02 * k, "train_images": 80, "test_images": 20} for k in range(5)]
+    theirs = [{"fold": k, "auc": 0.75 + 0.01 * k * k} for k in range(5)]
+    (row,) = comparison_rows(compare_folds(ours, theirs, ["auc"]))
+    assert row["Wilcoxon p"] == "not informative" and "0.0625" in row["note"] and row["n_test/n_train"] == 0.25
+    lab = np.array([0, 1] * 10)
+    d = delong_rows(delong_test(lab, lab * 0.5 + np.linspace(0, 0.4, 20), np.linspace(0, 1, 20)))
+    assert d[0]["p"] is not None and "independent" in d[0]["note"]
+    assert delong_rows({"reason": "no oof_predictions.parquet"})[0]["note"] == "no oof_predictions.parquet"
+    sel = selection_rows([{"fold": 0, "auc": 0.7, "selection": {"split": "inner validation", "auc": 0.9}}], ["auc"])
+    assert sel == [{"fold": 0, "numbers": "selection", "split": "inner validation", "auc": 0.9}]
+    html_text = Report("r").add_table(list(rows.values())).to_html()
+    assert "clipped to [0, 1]" in html_text and "mean over outer test folds" in html_text

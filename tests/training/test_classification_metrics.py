@@ -1,4 +1,5 @@
-"""Known answers for the image-level classification metrics, calibration, fold summaries and paired tests."""
+"""Known answers for the image-level classification metrics, calibration and fold summaries (paired tests of two
+runs: tests/training/test_stats.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from dr_ray.training.classification_metrics import (
     classification_metrics,
     cv_summary,
     expected_calibration_error,
-    paired_test,
     predictive_entropy,
     reliability_bins,
 )
@@ -213,28 +213,26 @@ def test_cv_summary_single_finite_value_has_nan_interval():
     assert math.isnan(s["std"]) and math.isnan(s["ci_low"]) and math.isnan(s["ci_high"])
 
 
-def test_paired_test_matches_scipy():
-    a = [0.81, 0.84, 0.79, 0.86, 0.83]
-    b = [0.78, 0.80, 0.80, 0.82, 0.79]
-    r = paired_test(a + [math.nan], b + [0.5])  # the nan pair is dropped
-    d = np.subtract(a, b)  # .03 .04 -.01 .04 .04
-    assert r["n"] == 5 and r["mean_diff"] == pytest.approx(0.028)
-    assert r["t"] == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(5)))
-    ref = stats.ttest_rel(a, b)
-    assert r["t"] == pytest.approx(ref.statistic) and r["p"] == pytest.approx(ref.pvalue)
-    assert r["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
-    assert r["test"] == "paired t-test (two-sided)" and "reason" not in r
-    assert math.isnan(paired_test(a[:4], b[:4])["wilcoxon_p"])  # n < 5
+def test_cv_summary_clips_the_t_interval_to_the_metric_range_and_says_so():
+    # the demo's sensitivity over 5 folds: an unclipped t interval reached 0.300..1.256
+    sens = [1.0, 1.0, 0.5, 1.0, 0.39]
+    s = cv_summary([{"sensitivity": v, "qwk": q, "loss": 0.1 * i} for i, (v, q) in
+                    enumerate(zip(sens, [-0.9, -1.0, 0.2, -0.95, -0.99]))])
+    half = stats.t.ppf(0.975, 4) * np.std(sens, ddof=1) / math.sqrt(5)
+    assert np.mean(sens) + half > 1.0  # the raw interval leaves [0, 1] ...
+    a = s["sensitivity"]
+    assert a["ci_high"] == 1.0 and a["ci_low"] == pytest.approx(np.mean(sens) - half)  # ... the reported one does not
+    assert a["clipped"] is True and "clipped to [0, 1]" in a["interval"]
+    assert s["qwk"]["ci_low"] == -1.0 and s["qwk"]["clipped"] and "[-1, 1]" in s["qwk"]["interval"]
+    assert s["loss"]["clipped"] is False and s["loss"]["ci_low"] < 0.2  # [0, inf): not reached here
+    assert cv_summary([{"auc": v} for v in (0.80, 0.82, 0.78)])["auc"]["clipped"] is False
 
 
-def test_paired_test_degenerate_cases():
-    same = paired_test([0.8, 0.7, 0.9], [0.8, 0.7, 0.9])
-    assert same["mean_diff"] == 0.0 and math.isnan(same["t"]) and math.isnan(same["p"])
-    assert "zero" in same["reason"]
-    few = paired_test([0.8, math.nan], [0.7, 0.6])
-    assert few["n"] == 1 and math.isnan(few["t"]) and math.isnan(few["p"]) and "2" in few["reason"]
-    with pytest.raises(ValueError, match="b"):
-        paired_test([1.0, 2.0], [1.0])
+def test_cv_summary_of_a_fold_with_undefined_auc_reports_it():
+    # fold 1 had one class only: its AUC is None (JSON null) -- neither 0.5 nor a crash
+    s = cv_summary([{"auc": 0.8, "accuracy": 0.7}, {"auc": None, "accuracy": 0.9}, {"auc": 0.6, "accuracy": 0.8}])
+    assert s["auc"]["n"] == 2 and s["auc"]["mean"] == pytest.approx(0.7) and s["auc"]["undefined_folds"] == [1]
+    assert math.isnan(s["auc"]["values"][1]) and s["accuracy"]["n"] == 3
 
 
 def test_predictive_entropy():
