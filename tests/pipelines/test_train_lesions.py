@@ -44,6 +44,7 @@ def test_run_train_lesions_writes_model_encoder_metrics_and_resumes(ray_cluster,
     last = metrics["history"][-1]
     for kind in ("ma", "he", "ex", "se"):
         assert f"val_aupr_{kind}" in last and f"val_dice_{kind}" in last
+        assert f"val_iou_{kind}" in last and f"val_precision_{kind}" in last
     assert last["val_aupr_mean"] is None or 0.0 <= last["val_aupr_mean"] <= 1.0
     assert metrics == {k: v for k, v in first.items() if k != "metrics_path"}
 

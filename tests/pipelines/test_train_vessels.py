@@ -62,6 +62,9 @@ def test_run_train_vessels_writes_model_metrics_checkpoints_and_resumes(ray_clus
     # flip a pixel or two at the threshold (1e-6 of Dice each); a different model would be off by far more
     assert got["dice"] == pytest.approx(metrics["final"]["val_dice"], abs=2e-5)
     assert got["auc"] == pytest.approx(metrics["final"]["val_auc"], abs=2e-5)
+    for k in ("iou", "precision"):  # paper Table 5 metrics (None in metrics.json = nan: nothing predicted)
+        ref = metrics["final"][f"val_{k}"]
+        assert (ref is None and got[k] != got[k]) or got[k] == pytest.approx(ref, abs=2e-5), (k, got[k], ref)
     again, _ = load_model_dir(stage / "model")
     img = val_images[0].image
     np.testing.assert_array_equal(predict_image(model, img, mean=model.spec.mean, std=model.spec.std),
