@@ -108,15 +108,17 @@ def read_oof(run_dir: str | Path) -> pa.Table | None:
 
 
 def compare_with_baseline(ours: list[dict], baseline_dir: Path, metrics: Sequence[str], *,
-                          oof: pa.Table | None = None, confidence: float = 0.95) -> dict:
+                          oof: pa.Table | None = None, confidence: float = 0.95, n_boot: int = 2000,
+                          seed: int = 0) -> dict:
     """Our run against the baseline run ``baseline_dir`` (its ``cv.json`` and, when both runs have one, its
     ``oof_predictions.parquet``).
 
     Per metric over the common folds: the Nadeau-Bengio corrected resampled t (the plain paired t ignores that
     folds share training data) and the Wilcoxon signed-rank only where the number of folds lets it reach 0.05.
     On the pooled out-of-fold predictions of the images both runs scored (paired by image_id): DeLong's test of
-    the two AUCs (referable DR for the 5-grade task). ``ours``: our per-fold rows (metric values and
-    ``train_images`` / ``test_images`` or ``val_images``).
+    the two AUCs (referable DR for the 5-grade task) and, since DeLong treats the two eyes of a patient as
+    independent, the paired patient-level bootstrap of the AUC difference (``n_boot`` resamples, ``seed``).
+    ``ours``: our per-fold rows (metric values and ``train_images`` / ``test_images`` or ``val_images``).
     """
     from dr_ray.training.stats import compare_folds
 
@@ -143,15 +145,18 @@ def compare_with_baseline(ours: list[dict], baseline_dir: Path, metrics: Sequenc
         out["delong"] = {"reason": f"no {OOF_FILE} in {'this run' if oof is None else baseline_dir}: "
                                    "no per-image pairing for DeLong's test"}
         return out
-    out["delong"] = delong_on_oof(oof, base_oof, confidence=confidence) | {"baseline": str(baseline_dir)}
+    out["delong"] = delong_on_oof(oof, base_oof, confidence=confidence, n_boot=n_boot, seed=seed) | {
+        "baseline": str(baseline_dir)}
     return out
 
 
-def delong_on_oof(ours: pa.Table, theirs: pa.Table, *, confidence: float = 0.95) -> dict:
-    """DeLong's test of our pooled out-of-fold AUC against the baseline's, on the images both scored."""
-    from dr_ray.training.stats import delong_test
+def delong_on_oof(ours: pa.Table, theirs: pa.Table, *, confidence: float = 0.95, n_boot: int = 2000,
+                  seed: int = 0) -> dict:
+    """DeLong's test of our pooled out-of-fold AUC against the baseline's, on the images both scored, with the
+    paired patient-level bootstrap of the difference under ``patient_bootstrap`` (n_boot 0: not run)."""
+    from dr_ray.training.stats import bootstrap_auc_difference, delong_test
 
-    ids_a, la, pa_, _, _ = _arrays(ours)
+    ids_a, la, pa_, _, patients = _arrays(ours)
     ids_b, lb, pb, _, _ = _arrays(theirs)
     pos_b = {i: j for j, i in enumerate(ids_b)}
     both = [(j, pos_b[i]) for j, i in enumerate(ids_a) if i in pos_b]
@@ -165,7 +170,11 @@ def delong_on_oof(ours: pa.Table, theirs: pa.Table, *, confidence: float = 0.95)
     ya, sa = referable_score(la[ia], pa_[ia])
     _, sb = referable_score(lb[ib], pb[ib])
     metric = "auc" if pa_.shape[1] == 2 else "referable_auc"
-    return info | {"metric": metric} | delong_test(ya, sa, sb, confidence=confidence)
+    out = info | {"metric": metric} | delong_test(ya, sa, sb, confidence=confidence)
+    if n_boot:
+        out["patient_bootstrap"] = bootstrap_auc_difference(ya, sa, sb, patients[ia], n_boot=n_boot, seed=seed,
+                                                            confidence=confidence)
+    return out
 
 
 def write_oof(t: pa.Table, run_dir: Path) -> Path:

@@ -64,12 +64,13 @@ def _val_ids_hash(index: pa.Table, fold: int) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def compare_with_baseline(ours: list[dict], baseline_dir: Path, oof: pa.Table | None = None) -> dict:
+def compare_with_baseline(ours: list[dict], baseline_dir: Path, oof: pa.Table | None = None, *, n_boot: int = 2000,
+                          seed: int = 0) -> dict:
     """Our folds against the baseline run's (same fold numbers): corrected resampled t per metric, Wilcoxon only
     when informative, DeLong on the pooled out-of-fold AUCs (:func:`dr_ray.pipelines.cv_stats.compare_with_baseline`)."""
     from dr_ray.pipelines.cv_stats import compare_with_baseline as compare
 
-    return compare(ours, baseline_dir, CV_METRICS, oof=oof)
+    return compare(ours, baseline_dir, CV_METRICS, oof=oof, n_boot=n_boot, seed=seed)
 
 
 def _mlflow(cfg: Config, fold: int) -> dict | None:
@@ -170,7 +171,8 @@ def run_train(cfg: Config) -> dict:
         "model_dirs": {str(f["fold"]): str(out / f"fold_{f['fold']}" / "model") for f in per_fold},
     }
     if t.baseline:
-        summary["comparison"] = compare_with_baseline(per_fold, Path(stage_dir(cfg.output.dir, t.baseline)), oof)
+        summary["comparison"] = compare_with_baseline(per_fold, Path(stage_dir(cfg.output.dir, t.baseline)), oof,
+                                                      n_boot=t.bootstrap, seed=t.seed)
     (out / CV_FILE).write_text(json.dumps(summary, indent=1, allow_nan=True))
 
     with open(out / "cv_folds.csv", "w", newline="") as f:

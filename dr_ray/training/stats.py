@@ -35,6 +35,7 @@ from scipy import stats
 
 __all__ = [
     "METRIC_RANGES",
+    "bootstrap_auc_difference",
     "bootstrap_metrics",
     "compare_folds",
     "corrected_resampled_t",
@@ -284,6 +285,67 @@ def bootstrap_metrics(labels: np.ndarray, probs: np.ndarray, groups: Sequence, *
                     r["note"] = (f"undefined on {bad} of {n_boot} resamples (a class not drawn); the interval is "
                                  "over the defined ones")
         out[k] = r
+    return out
+
+
+def bootstrap_auc_difference(labels: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, groups: Sequence, *,
+                             n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Paired patient-level bootstrap of AUC_a - AUC_b on the same images: the cluster-aware complement of
+    :func:`delong_test` (both eyes of a patient are resampled together, in both runs at once).
+
+    labels: (N,) 0/1; score_a, score_b: (N,) scores of the two models; groups: (N,) patient ids. Returns {diff,
+    ci_low, ci_high (percentile, inside [-1, 1]), se (sd of the resampled differences), z = diff / se, p
+    (two-sided normal, as pROC's bootstrap roc.test), n_boot, n_undefined (resamples with one class only, left
+    out and counted), n_groups, test} (+ reason; None where undefined).
+    """
+    c = _check_confidence(confidence)
+    y = np.asarray(labels)
+    sa = np.asarray(score_a, np.float64)
+    sb = np.asarray(score_b, np.float64)
+    if y.ndim != 1 or sa.shape != y.shape or sb.shape != y.shape:
+        raise ValueError(f"labels, score_a and score_b must be 1-D of one length, got {y.shape}, {sa.shape}, "
+                         f"{sb.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0/1, got values {np.unique(y)[:10].tolist()}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or not 1 <= n_boot <= 1_000_000:
+        raise ValueError(f"n_boot must be an integer in 1..1000000, got {n_boot!r}")
+    codes = _check_groups(groups, len(y))
+    pos = y == 1
+    g = int(codes.max()) + 1 if len(codes) else 0
+    out = {"diff": None, "ci_low": None, "ci_high": None, "se": None, "z": None, "p": None, "n_boot": int(n_boot),
+           "n_undefined": 0, "n_groups": g, "confidence": c,
+           "test": "paired patient-level bootstrap of the AUC difference (two-sided)"}
+    if pos.sum() == 0 or (~pos).sum() == 0:
+        out["reason"] = "one class only: AUC undefined"
+        return out
+    ones = np.ones((1, len(y)))
+    out["diff"] = float(_weighted_auc(ones, pos, sa)[0] - _weighted_auc(ones, pos, sb)[0])
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, _CHUNK_CELLS // len(y)))
+    diffs, done = [], 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        w = rng.multinomial(g, np.full(g, 1.0 / g), size=b).astype(np.float64)[:, codes]
+        diffs.append(_weighted_auc(w, pos, sa) - _weighted_auc(w, pos, sb))
+        done += b
+    d = np.concatenate(diffs)
+    ok = np.isfinite(d)
+    out["n_undefined"] = int((~ok).sum())
+    if ok.sum() < 2:
+        out["reason"] = f"only {int(ok.sum())} of {n_boot} resamples define both AUCs"
+        return out
+    d = d[ok]
+    alpha = (1.0 - c) / 2.0
+    lo, hi = np.quantile(d, [alpha, 1.0 - alpha])
+    se = float(d.std(ddof=1))
+    out.update(ci_low=float(lo), ci_high=float(hi), se=se)
+    if se <= 1e-15:
+        if abs(out["diff"]) < 1e-15:
+            out.update(z=0.0, p=1.0)
+        out["reason"] = "the resampled differences do not vary"
+        return out
+    out["z"] = out["diff"] / se
+    out["p"] = float(2.0 * stats.norm.sf(abs(out["z"])))
     return out
 
 

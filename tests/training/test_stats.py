@@ -11,6 +11,7 @@ from scipy import stats
 
 from dr_ray.training.classification_metrics import classification_metrics
 from dr_ray.training.stats import (
+    bootstrap_auc_difference,
     bootstrap_metrics,
     compare_folds,
     corrected_resampled_t,
@@ -311,3 +312,19 @@ def test_pairs_by_definition_helper_is_not_vacuous():
     a = np.array(PROC_A)
     t1, _, _ = _delong_by_definition(y, a, np.array(PROC_B, float))
     assert t1 == pytest.approx(roc_auc_score(y, a))
+
+
+def test_patient_bootstrap_of_the_auc_difference():
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 50)
+    good, noise = y + rng.normal(0, 0.5, 50), rng.normal(0, 1, 50)
+    one = bootstrap_auc_difference(y, good, noise, np.arange(50), n_boot=400, seed=1)
+    two_eyes = bootstrap_auc_difference(np.repeat(y, 2), np.repeat(good, 2), np.repeat(noise, 2),
+                                        np.repeat(np.arange(50), 2), n_boot=400, seed=1)
+    assert two_eyes["ci_low"] == pytest.approx(one["ci_low"]) and two_eyes["ci_high"] == pytest.approx(one["ci_high"])
+    d = delong_test(y, good, noise)
+    assert one["diff"] == pytest.approx(d["diff"]) and one["p"] < 0.01 and d["p"] < 0.01
+    assert -1.0 <= one["ci_low"] <= one["diff"] <= one["ci_high"] <= 1.0
+    same = bootstrap_auc_difference(y, good, good, np.arange(50), n_boot=50)
+    assert same["diff"] == 0 and same["p"] == 1.0 and "do not vary" in same["reason"]
+    assert "one class" in bootstrap_auc_difference(np.zeros(4, int), good[:4], noise[:4], np.arange(4))["reason"]
