@@ -85,15 +85,25 @@ def comparison_rows(metrics: Mapping[str, Mapping], floatfmt: str = ".3f") -> li
 
 
 def delong_rows(delong: Mapping, floatfmt: str = ".3f") -> list[dict]:
-    """The DeLong test of the pooled out-of-fold AUCs as one row (or its reason)."""
+    """The DeLong test of the pooled out-of-fold AUCs as one row (or its reason), and the paired patient-level
+    bootstrap of the same difference as a second row when present."""
     if delong.get("p") is None and delong.get("z") is None:
         return [{"test": "DeLong (pooled out-of-fold AUC)", "note": delong.get("reason", "not computed")}]
-    return [{"test": "DeLong (pooled out-of-fold AUC)", "metric": delong.get("metric"),
+    rows = [{"test": "DeLong (pooled out-of-fold AUC)", "metric": delong.get("metric"),
              "images": delong.get("paired_images", delong.get("n")), "AUC (this run)": delong.get("auc_a"),
              "AUC (baseline)": delong.get("auc_b"), "difference": delong.get("diff"),
              "95% CI": format_ci(delong.get("ci_low"), delong.get("ci_high"), floatfmt), "z": delong.get("z"),
              "p": delong.get("p"),
              "note": delong.get("reason") or "images treated as independent (two eyes of a patient are not)"}]
+    b = delong.get("patient_bootstrap")
+    if b:
+        rows.append({"test": "paired patient bootstrap (same AUCs)", "metric": delong.get("metric"),
+                     "images": delong.get("paired_images"), "difference": b.get("diff"),
+                     "95% CI": format_ci(b.get("ci_low"), b.get("ci_high"), floatfmt), "z": b.get("z"),
+                     "p": b.get("p"),
+                     "note": b.get("reason") or (f"{b['n_boot']} resamples of {b['n_groups']} patients"
+                                                 + (f", {b['n_undefined']} undefined" if b.get("n_undefined") else ""))})
+    return rows
 
 
 def selection_rows(folds: Sequence[Mapping], keys: Sequence[str]) -> list[dict]:

@@ -187,7 +187,14 @@ def test_stats_tables_label_splits_clipping_reasons_and_uninformative_wilcoxon()
     assert row["Wilcoxon p"] == "not informative" and "0.0625" in row["note"] and row["n_test/n_train"] == 0.25
     lab = np.array([0, 1] * 10)
     d = delong_rows(delong_test(lab, lab * 0.5 + np.linspace(0, 0.4, 20), np.linspace(0, 1, 20)))
-    assert d[0]["p"] is not None and "independent" in d[0]["note"]
+    assert d[0]["p"] is not None and "independent" in d[0]["note"] and len(d) == 1
+    from dr_ray.training.stats import bootstrap_auc_difference
+
+    both = delong_test(lab, lab * 0.5 + np.linspace(0, 0.4, 20), np.linspace(0, 1, 20))
+    both["patient_bootstrap"] = bootstrap_auc_difference(lab, lab * 0.5 + np.linspace(0, 0.4, 20),
+                                                         np.linspace(0, 1, 20), np.arange(20) // 2, n_boot=100)
+    rows2 = delong_rows(both)
+    assert len(rows2) == 2 and "10 patients" in rows2[1]["note"] and rows2[1]["difference"] == pytest.approx(both["diff"])
     assert delong_rows({"reason": "no oof_predictions.parquet"})[0]["note"] == "no oof_predictions.parquet"
     sel = selection_rows([{"fold": 0, "auc": 0.7, "selection": {"split": "inner validation", "auc": 0.9}}], ["auc"])
     assert sel == [{"fold": 0, "numbers": "selection", "split": "inner validation", "auc": 0.9}]
