@@ -8,7 +8,9 @@ formulas are scale-free (homogeneous of degree 1), so they work in any unit.
 Iterative pairing ("big-6" procedure, Knudtson et al. 2003; Hubbard et al. 1999 used the same scheme
 over all measured vessels): sort the widths, combine the largest with the smallest, the second largest
 with the second smallest, ...; with an odd count the middle width is carried over unchanged to the next
-round; repeat until one value remains.
+round; repeat until one value remains. The result grows with the number of widths combined (six equal widths
+give a Knudtson CRAE 1.405x that of two), so :func:`dr_ray.vessels.zone.zone_measurements` feeds both formulas a
+fixed count (the 6 widest by default) and reports how many it had.
 
 Paper discrepancy (graph-enhanced vascular fusion paper, eqs. 23-24): the text prints
 ``CRAE = (0.87 D1^2 + 1.01 D2^2)`` and ``CRVE = (0.72 d1^2 + 0.91 d2^2)`` (the square root was probably
