@@ -1,6 +1,7 @@
 """The whole chain on real graded images: ../shared/data/EyePACS_256_preproc (150 EyePACS images, 75 patients)
 -> preprocess -> vessels (a U-Net trained here on DRIVE) -> GraphFusion and a baseline, each with patient-level
-5-fold cross-validation on Ray Train, referable-DR AUC per fold with its 95% CI and the paired test.
+5-fold cross-validation on Ray Train, referable-DR AUC per fold, pooled out-of-fold with its patient-level
+bootstrap CI, and the corrected resampled t / DeLong comparison.
 
     python benchmarks/bench_eyepacs_cv.py [--out outputs/eyepacs_cv] [--epochs 15] [--patience 5] [--size 256]
         [--baseline efficientnet_b0] [--vessel-epochs 15] [--skip-vessel-training] [--json OUT]
@@ -93,14 +94,27 @@ def main() -> None:
            "command": " ".join(sys.argv), "preprocess": {"in": pre.catalog_rows, "written": pre.written,
                                                          "quarantined": pre.quarantined},
            "vessels": {"in": ves.catalog_rows, "written": ves.written, "quarantined": ves.quarantined},
-           "data": g["data"], "baseline": {"model": args.baseline, "folds": folds(b), "cv": b["cv"]},
-           "graph_fusion": {"folds": folds(g), "cv": g["cv"]}, "comparison": g.get("comparison"),
+           "data": g["data"], "baseline": {"model": args.baseline, "folds": folds(b), "cv": b["cv"],
+                                           "pooled": b.get("pooled"), "patient_level": b.get("patient_level")},
+           "graph_fusion": {"folds": folds(g), "cv": g["cv"], "pooled": g.get("pooled"),
+                            "patient_level": g.get("patient_level")}, "comparison": g.get("comparison"),
            "seconds": times}
     print(json.dumps({k: res[k] for k in ("preprocess", "vessels", "comparison")}, indent=1, default=str))
     for name in ("baseline", "graph_fusion"):
         c = res[name]["cv"]["auc"]
         print(f"{name}: AUC per fold {[round(f['auc'], 3) if f['auc'] is not None else None for f in res[name]['folds']]}"
-              f" mean {c['mean']:.3f} (95% CI {c['ci_low']:.3f}..{c['ci_high']:.3f})")
+              f" mean {c['mean']:.3f} (95% t CI over folds, clipped to [0, 1]: {c['ci_low']:.3f}..{c['ci_high']:.3f})")
+        p = ((res[name].get("pooled") or {}).get("metrics") or {}).get("auc")
+        if p:
+            print(f"{name}: pooled out-of-fold AUC {p['estimate']} (95% patient bootstrap CI {p['ci_low']}.."
+                  f"{p['ci_high']}, {p['n_groups']} patients)")
+    comp = res["comparison"] or {}
+    r = (comp.get("metrics") or {}).get("auc")
+    if r:
+        print(f"corrected resampled t (AUC over folds): diff {r['mean_diff']}, p {r['p']}")
+    d = comp.get("delong") or {}
+    print(f"DeLong (pooled out-of-fold AUC): diff {d.get('diff')}, p {d.get('p')}; patient bootstrap p "
+          f"{(d.get('patient_bootstrap') or {}).get('p')}")
     out = args.json or args.out / "bench_eyepacs_cv.json"
     out.write_text(json.dumps(res, indent=1, default=str))
     print(f"# results: {out}")

@@ -97,7 +97,8 @@ def t_interval(values: Sequence[float | None], *, confidence: float = 0.95,
     undefined = [i for i, v in enumerate(raw) if not math.isfinite(v)]
     v = np.array([x for x in raw if math.isfinite(x)])
     n = len(v)
-    label = f"Student t over folds, clipped to [{lo_b:g}, {hi_b:g}]"
+    label = (f"Student t over folds, clipped to [{lo_b:g}, {hi_b:g}]" if math.isfinite(lo_b) or math.isfinite(hi_b)
+             else "Student t over folds (no range to clip to)")
     out = {"mean": float(v.mean()) if n else math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan,
            "n": n, "clipped": False, "interval": label, "undefined_folds": undefined}
     if n < 2:

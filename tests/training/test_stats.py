@@ -172,6 +172,7 @@ def test_t_interval_known_answer_and_labels():
     assert t["clipped"] and t["interval"] == "Student t over folds, clipped to [0, 1]"
     one = t_interval([0.5, None, math.nan])
     assert one["n"] == 1 and math.isnan(one["ci_low"]) and one["undefined_folds"] == [1, 2] and "1 fold" in one["reason"]
+    assert t_interval([3.0, 5.0])["interval"] == "Student t over folds (no range to clip to)"
     with pytest.raises(ValueError, match="bounds"):
         t_interval([0.1, 0.2], bounds=(1, 0))
 
