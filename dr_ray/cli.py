@@ -168,7 +168,7 @@ def _train(cfg: Config) -> int:
     print(f"train {s['name']}: {s['model']} ({', '.join(s['modalities'])}), task {s['task']}; data "
           f"{d['rows_in']} images = joined {d['written']} + quarantined {d['quarantined']}")
     for f in s["folds"]:
-        print(f"  fold {f['fold']}: best epoch {f['best_epoch']}/{f['epochs_run']}, val AUC {_fmt(f.get('auc'))}, "
+        print(f"  fold {f['fold']}: best epoch {f['best_epoch']}/{f['epochs_run']}, outer-test AUC {_fmt(f.get('auc'))}, "
               f"accuracy {_fmt(f.get('accuracy'))}, sensitivity {_fmt(f.get('sensitivity'))}, "
               f"specificity {_fmt(f.get('specificity'))}, QWK {_fmt(f.get('qwk'))}")
     pooled = s.get("pooled", {}).get("metrics", {})
@@ -179,8 +179,9 @@ def _train(cfg: Config) -> int:
                   f"{_fmt(c['ci_high'])}{', clipped' if c.get('clipped') else ''}, {c['n']} folds)")
         b = pooled.get(m)
         if b:
-            print(f"  pooled out-of-fold {m}: {_fmt(b['estimate'])} (95% patient bootstrap CI {_fmt(b['ci_low'])}.."
-                  f"{_fmt(b['ci_high'])}{'; ' + b['reason'] if b.get('reason') else ''})")
+            ci = (f"95% patient bootstrap CI {_fmt(b['ci_low'])}..{_fmt(b['ci_high'])}" if b.get("ci_low") is not None
+                  else f"no CI: {b.get('reason', 'not computed')}")
+            print(f"  pooled out-of-fold {m}: {_fmt(b['estimate'])} ({ci})")
     if "comparison" in s:
         r = s["comparison"]["metrics"].get("auc")
         if r:
