@@ -78,6 +78,10 @@ SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
         "pseudo_labels.batch_size=4",
         "pseudo_labels.gpus_per_actor=0",
     ),
+    # the three stages in one stream: a few synthetic images, small batches on CPU; the model dirs come from the config
+    "label": (*_DATA_SMOKE, "preprocess.size=256", "label.batch_size=4", "label.gpus_per_actor=0",
+              "vessels.batch_size=4", "vessels.graph_batch_size=2", "vessels.gpus_per_actor=0",
+              "pseudo_labels.batch_size=4", "pseudo_labels.gpus_per_actor=0"),
     # a tiny GraphFusion at 64 px for 2 epochs on one fold, on CPU; its own run name
     "train": _TRAIN_SMOKE,
     # val_loss: defined on any fold (a smoke fold of 4 images may hold one class, where AUC is undefined)
@@ -88,7 +92,8 @@ SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 # the whole chain: every stage's smoke settings (the demo's stages read each other's outputs by these names)
 SMOKE_OVERRIDES["demo"] = tuple(dict.fromkeys(o for stage in ("preprocess", "train-vessels", "vessels", "train-lesions",
-                                                               "pseudo-labels", "train", "tune", "evaluate")
+                                                               "pseudo-labels", "label", "train", "tune",
+                                                               "evaluate")
                                               for o in SMOKE_OVERRIDES[stage]))
 
 
@@ -158,6 +163,15 @@ def _pseudo_labels(cfg: Config) -> int:
     from dr_ray.pipelines.pseudo_labels import run_pseudo_labels
 
     return _print_stage(run_pseudo_labels(cfg), "lesion maps and statistics")
+
+def _label(cfg: Config) -> int:
+    from dr_ray.pipelines.label import run_label
+
+    codes = [_print_stage(s, what) for s, what in zip(run_label(cfg).values(), (
+        "processed images", "vessel graphs and biomarkers", "lesion maps and statistics"))]
+    return max(codes)
+
+
 
 
 def _train(cfg: Config) -> int:
@@ -239,6 +253,8 @@ STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
                       "the encoder for transfer, and metrics", _train_lesions),
     "pseudo-labels": ("lesion maps for every preprocessed image (model actor pool): maps + per-lesion area and "
                       "component counts; write Parquet shards + quarantine", _pseudo_labels),
+    "label": ("preprocess, vessel graphs + biomarkers and lesion maps in one stream (each JPEG decoded once, "
+              "both models in one actor pool); write the preprocess/, vessels/ and pseudo_labels/ folders", _label),
     "train": ("train a DR classifier (baseline or fusion model) on Ray Train with patient-level K-fold CV from the "
               "joined stage outputs; write fold models and cv.json", _train),
     "tune": ("ASHA search over train settings on Ray Tune (one Ray Train run per trial); write the results "

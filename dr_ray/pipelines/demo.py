@@ -1,8 +1,9 @@
 """``dr-ray demo``: the whole chain on one local Ray, each stage as its own command would run it.
 
-preprocess -> train-vessels -> vessels -> train-lesions -> pseudo-labels -> train (K-fold CV) -> tune -> evaluate.
+train-vessels -> train-lesions -> label (preprocess + vessels + pseudo labels in one stream) -> train (K-fold CV)
+-> tune -> evaluate.
 
-The two segmentation stages need models: the demo trains them first (``train_vessels`` and ``train_lesions``
+``label`` needs both segmentation models: the demo trains them first (``train_vessels`` and ``train_lesions``
 sections of the config) and points ``vessels.model_dir`` / ``pseudo_labels.model_dir`` at them unless the config
 names other model directories. ``configs/demo.yaml`` keeps every stage small enough for a laptop CPU.
 """
@@ -26,13 +27,11 @@ def _fmt(v) -> str:
 def run_demo(cfg: Config) -> dict:
     """Run every stage in order; returns {"lines": one summary line per stage, "report": HTML path, "seconds"}."""
     from dr_ray.pipelines.evaluate import run_evaluate
-    from dr_ray.pipelines.preprocess import run_preprocess
-    from dr_ray.pipelines.pseudo_labels import run_pseudo_labels
+    from dr_ray.pipelines.label import run_label
     from dr_ray.pipelines.train import run_train
     from dr_ray.pipelines.train_lesions import run_train_lesions
     from dr_ray.pipelines.train_vessels import run_train_vessels
     from dr_ray.pipelines.tune import run_tune
-    from dr_ray.pipelines.vessels import run_vessels
 
     lines: list[str] = []
     times: dict[str, float] = {}
@@ -44,22 +43,21 @@ def run_demo(cfg: Config) -> dict:
         log.info("demo: %s done in %.0f s", name, times[name])
         return out
 
-    s = timed("preprocess", run_preprocess, cfg)
-    lines.append(f"preprocess:    {s.catalog_rows} images = written {s.written} + quarantined {s.quarantined}"
-                 f" [{'reconciles' if s.reconciles else 'DOES NOT RECONCILE'}]")
     if not cfg.vessels.model_dir:
         tv = timed("train-vessels", run_train_vessels, cfg)
         cfg = dataclasses.replace(cfg, vessels=dataclasses.replace(cfg.vessels, model_dir=tv["model_dir"]))
         lines.append(f"train-vessels: val Dice {_fmt(tv['final'].get('val_dice'))} -> {tv['model_dir']}")
-    s = timed("vessels", run_vessels, cfg)
-    lines.append(f"vessels:       {s.catalog_rows} images = written {s.written} + quarantined {s.quarantined}")
     if not cfg.pseudo_labels.model_dir:
         tl = timed("train-lesions", run_train_lesions, cfg)
         cfg = dataclasses.replace(cfg, pseudo_labels=dataclasses.replace(cfg.pseudo_labels,
                                                                          model_dir=tl["model_dir"]))
         lines.append(f"train-lesions: val AUPR mean {_fmt(tl['final'].get('val_aupr_mean'))} -> {tl['model_dir']}")
-    s = timed("pseudo-labels", run_pseudo_labels, cfg)
-    lines.append(f"pseudo-labels: {s.catalog_rows} images = written {s.written} + quarantined {s.quarantined}")
+    # one stream writes the three stage folders; one summary line per folder, as the three commands print
+    sums = timed("label", run_label, cfg)
+    for name, s in (("preprocess", sums["preprocess"]), ("vessels", sums["vessels"]),
+                    ("pseudo-labels", sums["pseudo_labels"])):
+        lines.append(f"{name + ':':<15}{s.catalog_rows} images = written {s.written} + quarantined {s.quarantined}"
+                     f" [{'reconciles' if s.reconciles else 'DOES NOT RECONCILE'}]")
     tr = timed("train", run_train, cfg)
     auc = tr["cv"].get("auc", {})
     lines.append(f"train:         {tr['model']} ({', '.join(tr['modalities'])}), {len(tr['folds'])} folds, CV AUC "

@@ -99,30 +99,51 @@ class ModelActor:
 
     def decode_inputs(self, batch: pa.Table) -> tuple[list[np.ndarray | None], list[str], list[str | None]]:
         """Model inputs of a batch (None for a row that cannot be decoded), statuses and errors, row for row."""
-        import cv2
-
         pngs = batch.column(C.IMAGE_PNG).to_pylist()
-        sizes = batch.column(C.SIZE).to_pylist()
         ids = batch.column(C.IMAGE_ID).to_pylist()
-        status = [C.STATUS_OK] * batch.num_rows
         errors: list[str | None] = [None] * batch.num_rows
 
         def decode(i: int) -> np.ndarray | None:
             try:
                 if pngs[i] is None:
                     raise ImageDecodeError("no processed image in the preprocess row")
-                img = decode_png(pngs[i])
-                if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != (sizes[i], sizes[i]):
-                    raise ImageDecodeError(f"processed image has shape {img.shape}, expected "
-                                           f"({sizes[i]}, {sizes[i]}, 3)")
+                return decode_png(pngs[i])
             except (ImageDecodeError, ValueError) as e:
-                status[i], errors[i] = C.STATUS_QUARANTINED, f"{ids[i]}: {e}"
+                errors[i] = f"{ids[i]}: {e}"
+                return None
+
+        images = list(self.pool.map(decode, range(batch.num_rows)))
+        return self.prepare_inputs(images, batch.column(C.SIZE).to_pylist(), ids, errors=errors)
+
+    def prepare_inputs(self, images: list[np.ndarray | None], sizes: list[int], ids: list[str], *,
+                       errors: list[str | None] | None = None
+                       ) -> tuple[list[np.ndarray | None], list[str], list[str | None]]:
+        """Stored images (each (size, size, 3) uint8 RGB, or None with its reason in ``errors``) -> model inputs
+        (checked, resized to ``input_size``, :meth:`transform`-ed; on the actor's threads), statuses, errors.
+
+        ``dr-ray label`` calls this with the preprocessed arrays; :meth:`decode_inputs` with decoded PNGs."""
+        import cv2
+
+        n = len(images)
+        errors = list(errors) if errors is not None else [None] * n
+        status = [C.STATUS_OK] * n
+
+        def prepare(i: int) -> np.ndarray | None:
+            img = images[i]
+            try:
+                if img is None:
+                    raise ImageDecodeError(errors[i] or f"{ids[i]}: no processed image")
+                if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != (sizes[i], sizes[i]):
+                    raise ImageDecodeError(f"{ids[i]}: processed image has shape {img.shape}, expected "
+                                           f"({sizes[i]}, {sizes[i]}, 3)")
+            except ImageDecodeError as e:
+                status[i], errors[i] = C.STATUS_QUARANTINED, str(e)
                 return None
             if self.input_size and self.input_size != img.shape[0]:
                 img = cv2.resize(img, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
             return self.transform(img)
 
-        return list(self.pool.map(decode, range(batch.num_rows))), status, errors
+        return list(self.pool.map(prepare, range(n))), status, errors
 
     def predict(self, inputs: list[np.ndarray | None]) -> list[np.ndarray | None]:
         """(K, h, w) uint8 probabilities per decodable input (None elsewhere), batched by image shape."""

@@ -12,6 +12,7 @@ import logging
 import time
 
 import cv2
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -41,6 +42,12 @@ _OUTPUT_SCHEMA = C.PREPROCESS_SCHEMA
 
 def preprocess_record(row: dict, cfg: PreprocessConfig, cfg_hash: str) -> dict:
     """One catalog row -> one output row (status ok with the image, or quarantined with the reason)."""
+    return preprocess_record_image(row, cfg, cfg_hash)[0]
+
+
+def preprocess_record_image(row: dict, cfg: PreprocessConfig, cfg_hash: str) -> tuple[dict, np.ndarray | None]:
+    """:func:`preprocess_record` and the processed image it encoded: ((output row), (size, size, 3) uint8 RGB or
+    None when quarantined). ``dr-ray label`` hands the array to its models instead of decoding the PNG again."""
     out = {name: None for name in _OUTPUT_SCHEMA.names}
     out.update({k: row.get(k) for k in C.CATALOG_COLUMNS})
     out[C.CONFIG_HASH] = cfg_hash
@@ -73,10 +80,10 @@ def preprocess_record(row: dict, cfg: PreprocessConfig, cfg_hash: str) -> dict:
             C.CANNY_PNG: None if res.canny is None else encode_png(res.canny, cfg.png_compression),
             C.TOPHAT_PNG: None if res.tophat is None else encode_png(res.tophat, cfg.png_compression),
         })
-        return out
+        return out, res.image
     out[C.STATUS] = C.STATUS_QUARANTINED
     out[C.ERROR] = f"{path}: {reason}"
-    return out
+    return out, None
 
 
 def preprocess_batch(batch: pa.Table, *, cfg: PreprocessConfig, cfg_hash: str, threads: float = 1) -> pa.Table:

@@ -75,11 +75,18 @@ class PseudoLabeler(ModelActor):
         return png, area, count
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        inputs, status, errors = self.decode_inputs(batch)
+        return self.lesion_table(batch, inputs, status, errors)
+
+    def lesion_table(self, batch: pa.Table, inputs: list[np.ndarray | None], status: list[str],
+                     errors: list[str | None]) -> pa.Table:
+        """Model inputs of ``batch``'s rows (from ``decode_inputs`` / ``prepare_inputs``: None = quarantined, with
+        its status and error) -> ``C.PSEUDO_LABELS_SCHEMA`` rows. ``batch`` supplies the catalog columns and
+        ``size``. Shared by ``dr-ray pseudo-labels`` and ``dr-ray label`` (which passes preprocessed arrays)."""
         n = batch.num_rows
         ids = batch.column(C.IMAGE_ID).to_pylist()
         for image_id in ids:
             maybe_inject(STAGE, image_id)
-        inputs, status, errors = self.decode_inputs(batch)
         sizes = batch.column(C.SIZE).to_pylist()
         results = list(self.pool.map(self._summarise, self.predict(inputs)))
         cols: dict[str, pa.Array] = {name: batch.column(name) for name in C.CATALOG_COLUMNS}

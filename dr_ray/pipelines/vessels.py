@@ -64,26 +64,36 @@ class VesselSegmenter(ModelActor):
     def transform(self, image: np.ndarray) -> np.ndarray:
         return vessel_input(image, self.input_mode)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def probabilities(self, inputs: list[np.ndarray | None], sizes: list[int]) -> list[np.ndarray | None]:
+        """Model inputs (from ``decode_inputs`` / ``prepare_inputs``; None = quarantined row) -> per row the vessel
+        probabilities (size, size) uint8 (p * 255) at the stored image's size, or None."""
         import cv2
 
-        inputs, status, errors = self.decode_inputs(batch)
-        sizes = batch.column(C.SIZE).to_pylist()
-
-        def encode(i: int, p: np.ndarray | None) -> bytes | None:
+        def resize(i: int, p: np.ndarray | None) -> np.ndarray | None:
             if p is None:
                 return None
             p = p[0]
             if p.shape[0] != sizes[i]:  # probabilities are stored at the stored image's size
                 p = cv2.resize(p, (sizes[i], sizes[i]), interpolation=cv2.INTER_LINEAR)
-            return encode_png(p, 1)
+            return p
 
-        probs = list(self.pool.map(encode, range(batch.num_rows), self.predict(inputs)))
+        return list(self.pool.map(resize, range(len(inputs)), self.predict(inputs)))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        inputs, status, errors = self.decode_inputs(batch)
+        probs = self.probabilities(inputs, batch.column(C.SIZE).to_pylist())
+        pngs = list(self.pool.map(lambda p: None if p is None else encode_vessel_prob(p), probs))
         t = batch.select(INPUT_COLUMNS)
-        t = t.append_column(C.VESSEL_PROB_PNG, pa.array(probs, pa.binary()))
+        t = t.append_column(C.VESSEL_PROB_PNG, pa.array(pngs, pa.binary()))
         t = t.append_column(C.MODEL_HASH, pa.array([self.model_hash] * batch.num_rows, pa.string()))
         t = t.append_column(C.STATUS, pa.array(status, pa.string()))
         return t.append_column(C.ERROR, pa.array(errors, pa.string()))
+
+
+def encode_vessel_prob(prob: np.ndarray) -> bytes:
+    """(size, size) uint8 vessel probabilities -> the ``vessel_prob_png`` bytes (zlib level 1: the values are
+    noise-like, a higher level barely shrinks them). Shared by ``dr-ray vessels`` and ``dr-ray label``."""
+    return encode_png(prob, 1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,8 +107,14 @@ def _as_list(arr: np.ndarray) -> list:
     return np.ascontiguousarray(arr).ravel().tolist()
 
 
-def analyse_record(row: dict, cfg: VesselsConfig, *, cfg_hash: str, fov_margin: float) -> dict:
-    """One segmented row -> one ``C.VESSELS_SCHEMA`` row (ok with graph and biomarkers, or quarantined)."""
+def analyse_record(row: dict, cfg: VesselsConfig, *, cfg_hash: str, fov_margin: float,
+                   image: np.ndarray | None = None, prob: np.ndarray | None = None) -> dict:
+    """One segmented row -> one ``C.VESSELS_SCHEMA`` row (ok with graph and biomarkers, or quarantined).
+
+    ``row``: catalog columns, ``size``, ``model_hash``, ``status``/``error`` of the segmentation and
+    ``vessel_prob_png`` (stored as is), plus ``image_png`` unless ``image`` is given. ``image`` ((size, size, 3)
+    uint8 RGB) and ``prob`` ((size, size) uint8, p * 255): the arrays when the caller holds them (``dr-ray
+    label``), else they are decoded from ``image_png`` / ``vessel_prob_png`` (lossless: the same arrays)."""
     from dr_ray.vessels.analysis import analyse_vessels
 
     out = {name: None for name in _OUTPUT_SCHEMA.names}
@@ -110,8 +126,8 @@ def analyse_record(row: dict, cfg: VesselsConfig, *, cfg_hash: str, fov_margin: 
         return out
     maybe_inject(STAGE, row[C.IMAGE_ID])
     try:
-        image = decode_png(row[C.IMAGE_PNG])
-        prob = decode_png(row[C.VESSEL_PROB_PNG])
+        image = decode_png(row[C.IMAGE_PNG]) if image is None else image
+        prob = decode_png(row[C.VESSEL_PROB_PNG]) if prob is None else prob
         fov = circle_mask(int(row[C.SIZE]), margin=fov_margin)
         res = analyse_vessels(prob, image, fov, threshold=cfg.threshold, prune_spur_px=cfg.prune_spur_px,
                               patch_px=cfg.patch_px, av_classifier=_av_classifier(cfg.av_model),
@@ -205,5 +221,5 @@ def run_vessels(cfg: Config) -> StageSummary:
                                                 fov_margin=fov_margin))
 
 
-__all__ = ["VesselSegmenter", "analyse_batch", "analyse_record", "build_vessels_pipeline", "result_settings",
-           "run_vessels"]
+__all__ = ["VesselSegmenter", "analyse_batch", "analyse_record", "build_vessels_pipeline", "encode_vessel_prob",
+           "result_settings", "run_vessels"]
