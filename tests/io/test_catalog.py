@@ -4,6 +4,7 @@ with known label defects, checked row by row and problem by problem."""
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -503,3 +504,143 @@ def test_les_av_split_layout_duplicates_and_missing_folder(tmp_path: Path):
         (str(tmp_path / "training/images"), 0, "duplicate image id 42: 42.jpg skipped, 42.png kept"),
         (str(tmp_path / "test/2nd_manual"), 0, "vessel mask folder not found; vessel_mask_path left null"),
     ]
+
+
+# --- Messidor-2 exam pairing as distributed, and the patient-level flag ------------------------------
+
+
+def test_messidor2_distribution_pairing_file(tmp_path: Path, caplog):
+    _messidor_images(tmp_path)
+    _text(tmp_path / "messidor_data.csv", MESSIDOR_CSV)
+    # as in the Messidor-2 download: ';'-separated, header left;right, one exam per row, names with extension
+    pairs = _text(tmp_path / "messidor-2.csv", "left;right\n20051020_43808_0100_PP.png;20051020_43832_0100_PP.png\n"
+                                               "IM002385.JPG;IM002386.JPG\nIM002386.JPG;IM009999.JPG\n", crlf=True)
+    res = read_messidor2(str(tmp_path))
+    exam1, exam2 = "messidor2/20051020_43808_0100_PP+20051020_43832_0100_PP", "messidor2/IM002385+IM002386"
+    assert _rows(res, C.IMAGE_ID, C.PATIENT_ID, C.EYE) == [
+        ("messidor2/20051020_43808_0100_PP", exam1, "left"),
+        ("messidor2/20051020_43832_0100_PP", exam1, "right"),
+        ("messidor2/IM002385", exam2, "left"),
+        ("messidor2/IM002386", exam2, "right"),
+    ]
+    assert (pairs, 4, "image IM002386 is already in the exam on line 3; this row's left eye skipped") in _problems(res)
+    assert res.patient_level
+    # without the pairing file: every image its own patient, a warning, patient_level false
+    (tmp_path / "messidor-2.csv").unlink()
+    with caplog.at_level("WARNING", logger="dr_ray.io.catalog._base"):
+        res = read_messidor2(str(tmp_path))
+    assert not res.patient_level
+    assert any("4 of 4 images have no patient id" in r.getMessage() for r in caplog.records)
+    # the pairing file alone is not a label file
+    only = tmp_path / "only_pairs"
+    _img(only / "IMAGES" / "a.png")
+    _text(only / "messidor-2.csv", "left;right\na.png;b.png\n")
+    with pytest.raises(ValueError, match="exam pairing file of the Messidor-2 distribution"):
+        read_messidor2(str(only))
+
+
+def _pic(path: Path, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (8, 6), 0 if mode == "L" else (0, 0, 0)).save(path)
+
+
+def _layout_eyepacs(root: Path) -> None:
+    for p in (1, 2, 3):
+        for eye in ("left", "right"):
+            _pic(root / "train" / f"{p}_{eye}.jpeg")
+    _text(root / "trainLabels.csv", "image,level\n1_left,0\n1_right,2\n2_left,1\n2_right,1\n3_left,4\n3_right,0\n")
+
+
+def _layout_aptos(root: Path) -> None:
+    for i in ("a1", "b2", "c3"):
+        _pic(root / "train_images" / f"{i}.png")
+    _text(root / "train.csv", "id_code,diagnosis\na1,0\nb2,2\nc3,1\n")
+
+
+def _layout_messidor2(root: Path) -> None:
+    for n in ("x1.png", "x2.png", "y1.JPG", "y2.JPG"):
+        _pic(root / "IMAGES" / n)
+    _text(root / "messidor_data.csv", "image_id,adjudicated_dr_grade,adjudicated_dme,adjudicated_gradable\n"
+                                      "x1.png,0,0,1\nx2.png,3,0,1\ny1.JPG,1,0,1\ny2.JPG,0,0,1\n")
+    _text(root / "messidor-2.csv", "left;right\nx1.png;x2.png\ny1.JPG;y2.JPG\n")
+
+
+def _layout_idrid(root: Path) -> None:
+    g = root / "B. Disease Grading"
+    for n in ("IDRiD_001", "IDRiD_002", "IDRiD_003"):
+        _pic(g / "1. Original Images/a. Training Set" / f"{n}.jpg")
+    _text(g / "2. Groundtruths/a. IDRiD_Disease Grading_Training Labels.csv",
+          "Image name,Retinopathy grade,Risk of macular edema\nIDRiD_001,3,2\nIDRiD_002,0,0\nIDRiD_003,2,1\n")
+
+
+def _layout_fgadr(root: Path) -> None:
+    for n in ("0001_1.png", "0002_1.png", "0003_2.png"):
+        _pic(root / "Seg-set" / "Original_Images" / n)
+    _text(root / "Seg-set" / "DR_Seg_Grading_Label.csv", "0001_1.png,3\n0002_1.png,0\n0003_2.png,1\n")
+
+
+def _layout_drive(root: Path) -> None:
+    for i in (21, 22, 23):
+        _pic(root / "training/images" / f"{i}_training.tif")
+        _pic(root / "training/1st_manual" / f"{i}_manual1.gif", "L")
+        _pic(root / "training/mask" / f"{i}_training_mask.gif", "L")
+
+
+def _layout_hrf_av(root: Path) -> None:
+    for s in ("01_dr", "01_g", "02_h"):
+        _pic(root / "images" / f"{s}.{'JPG' if s.endswith('dr') else 'jpg'}")
+        _pic(root / "1st_manual" / f"{s}_AVmanual.png", "L")
+        _pic(root / "mask" / f"{s}_mask.tif")
+
+
+def _layout_les_av(root: Path) -> None:
+    for i in ("42", "49", "224"):
+        _pic(root / "images" / f"{i}.png")
+        _pic(root / "1st_manual" / f"{i}.png", "L")
+        _pic(root / "2nd_manual" / f"{i}.png", "L")
+        _pic(root / "mask" / f"{i}_mask.gif", "L")
+
+
+def _layout_chase_db1(root: Path) -> None:
+    for n in ("01L", "01R", "02L", "02R", "03L"):
+        _pic(root / f"Image_{n}.jpg")
+        _pic(root / f"Image_{n}_1stHO.png", "L")
+
+
+def _layout_stare(root: Path) -> None:
+    for i in (1, 2, 3):
+        _pic(root / "stare-images" / f"im000{i}.ppm")
+        _pic(root / "labels-ah" / f"im000{i}.ah.ppm")
+
+
+# reader -> (fixture in its published layout, whether its images carry patient ids)
+_LAYOUTS = {
+    "eyepacs": (_layout_eyepacs, True), "aptos": (_layout_aptos, False), "messidor2": (_layout_messidor2, True),
+    "idrid": (_layout_idrid, False), "fgadr": (_layout_fgadr, False), "drive": (_layout_drive, False),
+    "hrf_av": (_layout_hrf_av, False), "les_av": (_layout_les_av, False), "chase_db1": (_layout_chase_db1, True),
+    "stare": (_layout_stare, False),
+}
+
+
+def test_every_reader_has_a_fold_leakage_fixture():
+    from dr_ray.io.catalog import READERS
+
+    assert sorted(_LAYOUTS) == sorted(READERS)  # a new reader must join test_no_patient_spans_two_folds
+
+
+@pytest.mark.parametrize("dataset", sorted(_LAYOUTS))
+def test_no_patient_spans_two_folds(tmp_path: Path, dataset: str):
+    from dr_ray.io import assign_folds
+
+    layout, has_patients = _LAYOUTS[dataset]
+    layout(tmp_path)
+    res = read_catalog(dataset, str(tmp_path))
+    assert res.table.num_rows >= 3, _problems(res)
+    t = assign_folds(res.table, k=2, seed=0)
+    folds_of: dict[str, set] = {}
+    for p, f in zip(t.column(C.PATIENT_ID).to_pylist(), t.column(C.FOLD).to_pylist()):
+        folds_of.setdefault(p, set()).add(f)
+    assert all(len(f) == 1 for f in folds_of.values()), folds_of
+    assert res.patient_level is has_patients
+    if has_patients:  # the fixture really has patients with two images, kept together
+        assert max(Counter(t.column(C.PATIENT_ID).to_pylist()).values()) == 2

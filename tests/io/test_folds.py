@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from dr_ray.io import assign_folds, read_eyepacs
+from dr_ray.io.folds import inner_split, patient_level
 from dr_ray.io import columns as C
 
 WORST_P = [0.55, 0.15, 0.15, 0.08, 0.07]  # skewed, like EyePACS
@@ -116,3 +117,67 @@ def test_folds_on_real_sample(shared_data: Path):
     for p in (10, 15, 16):
         assert folds[f"eyepacs/{p}_left"] == folds[f"eyepacs/{p}_right"]
     assert sorted(set(folds.values())) == [0, 1, 2]
+
+
+# --- nested CV: the inner validation split ---------------------------------------------------------
+
+
+def test_inner_split_uses_only_outer_training_folds_patient_level_and_stratified():
+    t = assign_folds(_catalog(), k=5, seed=0)
+    folds = np.asarray(t.column(C.FOLD).to_pylist())
+    train_folds = [0, 1, 3, 4]  # outer test fold 2
+    mask = inner_split(t, train_folds, fraction=0.15, seed=0)
+    assert mask.dtype == bool and mask.shape == (t.num_rows,)
+    assert not mask[folds == 2].any()  # never a row of the outer test fold
+    patients = np.asarray(t.column(C.PATIENT_ID).to_pylist())
+    val_patients, train_patients = set(patients[mask]), set(patients[~mask & (folds != 2)])
+    assert not val_patients & train_patients  # patient-level: both eyes on one side
+    pool = set(patients[folds != 2])
+    assert len(val_patients) == round(0.15 * len(pool))
+    # stratified on the worst grade: each stratum's share within one patient of 15 %
+    worst: dict[str, int] = {}
+    for p, g in zip(t.column(C.PATIENT_ID).to_pylist(), t.column(C.GRADE).to_pylist()):
+        worst[p] = max(worst.get(p, -1), -1 if g is None else g)
+    for s, n in Counter(worst[p] for p in pool).items():
+        got = sum(worst[p] == s for p in val_patients)
+        assert abs(got - 0.15 * n) <= 1, (s, got, n)
+    # deterministic from the seed and the rows; a different seed draws other patients
+    assert np.array_equal(inner_split(t, train_folds, fraction=0.15, seed=0), mask)
+    other = inner_split(t, train_folds, fraction=0.15, seed=1)
+    assert set(patients[other]) != val_patients
+
+
+def test_inner_split_ignores_the_outer_test_fold_labels_and_row_order():
+    t = assign_folds(_catalog(), k=5, seed=0)
+    mask = inner_split(t, [1, 2, 3, 4], fraction=0.2, seed=3)
+    folds = np.asarray(t.column(C.FOLD).to_pylist())
+    grades = np.asarray([(-1 if g is None else g) for g in t.column(C.GRADE).to_pylist()])
+    changed = np.where(folds == 0, 4 - np.maximum(grades, 0), grades)  # relabel the outer test fold entirely
+    assert (changed != grades).any()
+    t2 = t.set_column(t.column_names.index(C.GRADE), C.CATALOG_SCHEMA.field(C.GRADE),
+                      pa.array(changed.tolist(), C.CATALOG_SCHEMA.field(C.GRADE).type))
+    assert np.array_equal(inner_split(t2, [1, 2, 3, 4], fraction=0.2, seed=3), mask)
+    perm = np.random.default_rng(0).permutation(t.num_rows)
+    assert np.array_equal(inner_split(t.take(pa.array(perm)), [1, 2, 3, 4], fraction=0.2, seed=3), mask[perm])
+
+
+def test_inner_split_small_data_falls_back_and_errors():
+    # 6 patients with 4 distinct worst grades: grade strata are too small, referable strata are not
+    t = assign_folds(_catalog(n_patients=12, seed=2, n_ungraded=0), k=2, seed=0)
+    mask = inner_split(t, [0], fraction=0.34, seed=0)
+    patients = np.asarray(t.column(C.PATIENT_ID).to_pylist())
+    pool = set(patients[np.asarray(t.column(C.FOLD).to_pylist()) == 0])
+    assert 1 <= len(set(patients[mask])) < len(pool) and set(patients[mask]) <= pool
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
+        inner_split(t, [0], fraction=0.0)
+    with pytest.raises(ValueError, match="hold 0 patient"):
+        inner_split(t, [7], fraction=0.2)
+
+
+def test_patient_level_flag():
+    t = _catalog(n_patients=4, n_ungraded=0)
+    assert patient_level(t) == {"patient_level": True, "images_without_patient_id": 0, "images": 8}
+    ids = t.column(C.IMAGE_ID).to_pylist()
+    own = t.set_column(t.column_names.index(C.PATIENT_ID), C.PATIENT_ID,
+                       pa.array(ids[:3] + t.column(C.PATIENT_ID).to_pylist()[3:], pa.string()))
+    assert patient_level(own) == {"patient_level": False, "images_without_patient_id": 3, "images": 8}

@@ -51,6 +51,15 @@ class CatalogResult:
     table: pa.Table
     problems: list[LabelProblem] = field(default_factory=list)
 
+    @property
+    def patient_level(self) -> bool:
+        """True when every row has a known patient (``patient_id`` is not the image's own id): folds drawn from
+        this table keep all images of a person together. False for APTOS, IDRiD, FGADR, and Messidor-2 without
+        its exam pairing; :func:`dr_ray.io.folds.patient_level` gives the counts, which CV outputs record."""
+        from dr_ray.io.folds import images_without_patient
+
+        return images_without_patient(self.table) == 0
+
 
 # --- paths ---------------------------------------------------------------------------------------
 
@@ -458,6 +467,14 @@ class Collector:
         self.problem(index.folder, 0, f"{len(extra)} image file(s) have no row in {listed}; left out: {names}")
 
     def result(self) -> CatalogResult:
+        """The table and problems; a warning when graded images have no patient id (image-level folds)."""
+        from dr_ray.io.folds import images_without_patient
+
         table = build_table(self.rows)
         log.info("%s: %d catalog rows, %d label problems", self.dataset, table.num_rows, len(self.problems))
+        n_without = images_without_patient(table)
+        if n_without and table.column(C.GRADE).null_count < table.num_rows:
+            log.warning("%s: %d of %d images have no patient id: each is its own patient, so folds are image-level "
+                        "and both eyes of one person may be split between training and test (patient_level: false "
+                        "in every CV output)", self.dataset, n_without, table.num_rows)
         return CatalogResult(table, self.problems)

@@ -7,6 +7,7 @@ folder-level problem (line 0) and left out too.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Callable
 
@@ -14,6 +15,7 @@ from dr_ray.io import fs
 from dr_ray.io.catalog._base import (
     CatalogResult,
     Collector,
+    IMAGE_EXTENSIONS,
     FolderIndex,
     LabelFile,
     LabelProblem,
@@ -21,6 +23,7 @@ from dr_ray.io.catalog._base import (
     csv_rows,
     first_dir,
     grade_at,
+    has_ext,
     new_row,
     open_labels,
     parse_grade,
@@ -169,11 +172,23 @@ _MESSIDOR_PAIRS = ("messidor-2_pairs.csv", "messidor_pairs.csv", "messidor-2.csv
 _EYES = {"l": "left", "os": "left", "r": "right", "od": "right"}
 
 
+def _pair_columns(names: list[str]) -> tuple[int, int] | None:
+    """Columns of the left / right image names in a pairing header (names containing "left" / "right")."""
+    low = [n.lower() for n in names]
+    i_left = next((i for i, n in enumerate(low) if "left" in n), None)
+    i_right = next((i for i, n in enumerate(low) if "right" in n), None)
+    return None if i_left is None or i_right is None else (i_left, i_right)
+
+
 def _messidor_pairs(root: str, label_path: str, problems: list[LabelProblem]) -> dict[str, tuple[str, str]]:
     """Optional exam pairing file -> {image stem (lower case): (exam id, eye)}.
 
-    A CSV (``,`` or ``;``) with one column whose name contains "left" and one containing "right"
-    (image file names) and optionally an exam/patient column; each row is one examination.
+    The Messidor-2 distribution's ``messidor-2.csv`` (``;``-separated, header ``left;right``, one row per
+    examination: the left eye's and the right eye's image file names), or any CSV (``,`` or ``;``) with one column
+    whose name contains "left", one containing "right" and optionally an exam/patient column. Without an exam
+    column the exam id is ``<left stem>+<right stem>`` (never an image's own id, so paired images count as
+    patient-level). A headerless two-column file of image names is read as left;right. An image named by two
+    exams is a problem (its later row is skipped).
     """
     for name in _MESSIDOR_PAIRS:
         path = fs.join(root, name)
@@ -183,22 +198,37 @@ def _messidor_pairs(root: str, label_path: str, problems: list[LabelProblem]) ->
         first = next(records, None)
         if first is None:
             continue
-        names = [n.lower() for n in first[1]]
-        i_left = next((i for i, n in enumerate(names) if "left" in n), None)
-        i_right = next((i for i, n in enumerate(names) if "right" in n), None)
-        if i_left is None or i_right is None:
+        names = first[1]
+        cols = _pair_columns(names)
+        if cols is None and len(names) == 2 and all(has_ext(n, IMAGE_EXTENSIONS) for n in names):
+            cols = (0, 1)
+            records = itertools.chain([first], records)  # no header: the first line is an exam too
+            names = ["left", "right"]
+        if cols is None:
+            log.info("messidor2: %s has no left/right image columns; not used for pairing", path)
             continue
+        i_left, i_right = cols
         i_exam = next((i for i, n in enumerate(names) if i not in (i_left, i_right) and n), None)
         pairs: dict[str, tuple[str, str]] = {}
+        first_line: dict[str, int] = {}
         for line, fields in records:
             if len(fields) <= max(i_left, i_right):
                 problems.append(LabelProblem(path, line, f"expected {len(names)} columns, found {len(fields)}"))
                 continue
             left, right = stem(fields[i_left]), stem(fields[i_right])
-            exam = fields[i_exam] if i_exam is not None and i_exam < len(fields) and fields[i_exam] else left
+            if i_exam is not None and i_exam < len(fields) and fields[i_exam]:
+                exam = fields[i_exam]
+            else:
+                exam = f"{left}+{right}" if left and right else (left or right)
             for s, eye in ((left, "left"), (right, "right")):
-                if s:
-                    pairs[s.lower()] = (exam, eye)
+                if not s:
+                    continue
+                if s.lower() in pairs:
+                    problems.append(LabelProblem(path, line, f"image {s} is already in the exam on line "
+                                                             f"{first_line[s.lower()]}; this row's {eye} eye skipped"))
+                    continue
+                pairs[s.lower()] = (exam, eye)
+                first_line[s.lower()] = line
         log.info("messidor2: %d images paired into exams from %s", len(pairs), path)
         return pairs
     return {}
@@ -222,12 +252,13 @@ def read_messidor2(root: str, labels: str = "") -> CatalogResult:
     label says "ungradable", which quality studies need; grading code skips null grades.
 
     Patients: Messidor-2 comes in exam pairs (one image per eye), but image names do not encode the
-    pairing, so without pairing information **each image is its own patient** (eye null) and the two
-    eyes of an exam may land in different folds. Pairing is taken from a ``patient`` column in the
-    label file, or from an optional pairing CSV under root (messidor-2_pairs.csv, messidor_pairs.csv,
-    or messidor-2.csv when it is not the label file) with one column containing "left" and one
-    containing "right" (image file names) and an optional exam column, e.g. a CSV export of ADCIS'
-    ``messidor-2.xls``; paired images get ``patient = exam`` and their eye.
+    pairing. Pairing is taken from a ``patient`` column in the label file, or from a pairing CSV under
+    root: the distribution's own ``messidor-2.csv`` (``left;right`` image names, one exam per row; see
+    :func:`_messidor_pairs`), or messidor-2_pairs.csv / messidor_pairs.csv with one column containing
+    "left", one containing "right" and an optional exam column (e.g. a CSV export of ADCIS'
+    ``messidor-2.xls``); paired images get ``patient = exam`` and their eye. Without pairing
+    information **each image is its own patient** (eye null): the catalog logs a warning and every CV
+    output records ``patient_level: false``, since both eyes of an exam may land in different folds.
     """
     dataset = "messidor2"
     root = require_root(dataset, root)
@@ -240,6 +271,10 @@ def read_messidor2(root: str, labels: str = "") -> CatalogResult:
                 f"{dataset}: no label file found; expected one of {', '.join(fs.join(root, n) for n in _MESSIDOR_LABELS)}"
             )
     header, records = open_labels(dataset, path)
+    if header.find("image_id", "image", "filename", "name") is None and _pair_columns(header.names):
+        raise ValueError(f"{dataset}: {path} is the exam pairing file of the Messidor-2 distribution (left;right "
+                         f"image names, no grades); put the adjudicated grades (Krause et al. messidor_data.csv) "
+                         f"under {root} or pass labels=")
     i_img = header.require("image_id", "image", "filename", "name")
     i_grade = header.require("adjudicated_dr_grade", "grade", "dr_grade", "level")
     i_gradable = header.find("adjudicated_gradable", "gradable")
