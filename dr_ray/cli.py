@@ -35,6 +35,7 @@ _TRAIN_SMOKE = (
     "train.folds=[0]",
     "train.num_workers=1",
     "train.use_gpu=false",
+    "train.pretrained=false",  # a smoke run never downloads weights (CI, offline nodes)
     "train.name=train_smoke",
 )
 SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
@@ -72,6 +73,7 @@ SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
         "train_lesions.num_workers=1",
         "train_lesions.use_gpu=false",
         "train_lesions.encoder=resnet18",
+        "train_lesions.pretrained=false",
         "train_lesions.name=train_lesions_smoke",
     ),
     "pseudo-labels": (
@@ -95,6 +97,27 @@ SMOKE_OVERRIDES["demo"] = tuple(dict.fromkeys(o for stage in ("preprocess", "tra
                                                                "pseudo-labels", "label", "train", "tune",
                                                                "evaluate")
                                               for o in SMOKE_OVERRIDES[stage]))
+
+
+# Smoke settings that depend on the config's model, applied after SMOKE_OVERRIDES: a swin_unet (configs/
+# paper_cff.yaml) keeps its Swin encoder, whose window 7 needs patches of a multiple of 224 px.
+SMOKE_MODEL_OVERRIDES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("train_lesions", "swin_unet"): ("train_lesions.encoder=swin_tiny_patch4_window7_224",
+                                     "train_lesions.synthetic_size=224", "train_lesions.image_size=224",
+                                     "train_lesions.patch_size=224"),
+}
+_SMOKE_MODEL_STAGES = {"train-lesions": "train_lesions", "demo": "train_lesions"}
+
+
+def smoke_overrides(stage: str, config: str | None, overrides: Sequence[str]) -> list[str]:
+    """The ``--smoke-test`` overrides of ``stage`` for ``config`` (+ the user's ``overrides``): SMOKE_OVERRIDES, then
+    SMOKE_MODEL_OVERRIDES for the model the config trains in that stage's section."""
+    out = list(SMOKE_OVERRIDES.get(stage, ()))
+    section = _SMOKE_MODEL_STAGES.get(stage)
+    if section is not None:
+        model = getattr(load_config(config, list(overrides)), section).model
+        out += SMOKE_MODEL_OVERRIDES.get((section, model), ())
+    return out
 
 
 def _print_stage(summary, what: str) -> int:
@@ -164,14 +187,13 @@ def _pseudo_labels(cfg: Config) -> int:
 
     return _print_stage(run_pseudo_labels(cfg), "lesion maps and statistics")
 
+
 def _label(cfg: Config) -> int:
     from dr_ray.pipelines.label import run_label
 
     codes = [_print_stage(s, what) for s, what in zip(run_label(cfg).values(), (
         "processed images", "vessel graphs and biomarkers", "lesion maps and statistics"))]
     return max(codes)
-
-
 
 
 def _train(cfg: Config) -> int:
@@ -286,8 +308,9 @@ def add_stage_arguments(p: argparse.ArgumentParser, stage: str) -> None:
 
 def run_stage(stage: str, args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = [*(SMOKE_OVERRIDES.get(stage, ()) if args.smoke_test else ()), *args.overrides]
     try:
+        overrides = [*(smoke_overrides(stage, args.config, args.overrides) if args.smoke_test else ()),
+                     *args.overrides]
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"dr-ray {stage}: config error: {e}", file=sys.stderr)

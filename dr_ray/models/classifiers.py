@@ -21,11 +21,14 @@ Registered builders (common kwargs: ``num_classes=2`` (2 = referable DR, 5 = ICD
         <= window or a multiple of it, i.e. multiples of 224 for window 7), "timm_classifier" (any timm name as
         the required ``backbone``): :class:`TimmClassifier`, image only.
     "cross_feature_fusion"  :class:`CrossFeatureFusion`, cross-feature-fusion poster (Mok et al.): image tokens
-        attend to tokens of the generated lesion maps.
+        attend to tokens of the generated lesion maps; both branches any timm backbone (``backbone``,
+        ``lesion_backbone``, extra timm kwargs in ``backbone_kwargs`` / ``lesion_backbone_kwargs``), Swin at its
+        branch's own input size (window 8 for 512 px), the lesion branch loadable from a Swin U-Net encoder.
     "dcat"  :class:`DualCrossAttention`, DCAT: EfficientNet-B4 and ResNet34 feature maps attend to each other,
         CBAM refinement; :func:`mc_dropout_predict` gives its (and every other classifier's) predictive entropy.
     "graph_fusion"  :class:`GraphFusion`, graph-enhanced vascular fusion paper sec. 3.4-3.10: MobileNetV3 +
-        dilated conv + CBAM image embedding, GCN vascular-graph embedding, biomarker vector, transformer fusion
+        dilated conv + CBAM image embedding (``blocks``: any subset of se / dilated / cbam, Table 6),
+        GCN vascular-graph embedding, biomarker vector, transformer fusion
         over [cls; img; graph; stats] tokens (eqs. 26-33).
 
 Fusion kwargs: ``hidden_dim=256`` (token width d), ``heads=4``, ``fusion_layers=2``.

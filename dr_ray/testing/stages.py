@@ -38,6 +38,8 @@ def write_stage_outputs(root: str | Path, *, n_patients: int = 8, size: int = 48
     have twice the vessel-graph nodes (``nodes`` otherwise), so a classifier can learn them. With ``flaws``:
     the first image has no grade, the fourth is quarantined by pseudo_labels ("model exploded") and the sixth was
     never processed by the vessel stage (the joined data must quarantine all three with their reasons).
+    Every image also has its one-channel maps, as the stages store them: ``canny_png`` (preprocess,
+    ``extra_maps: [canny]``) and ``vessel_prob_png`` (vessels), both showing the bright square of referable images.
     """
     from dr_ray.imaging import encode_lesion_maps, encode_png
 
@@ -57,7 +59,11 @@ def write_stage_outputs(root: str | Path, *, n_patients: int = 8, size: int = 48
                 img[int(10 * s):int(30 * s), int(10 * s):int(30 * s)] = 220
             cat = {C.IMAGE_ID: iid, C.PATIENT_ID: f"synthetic/{p}", C.EYE: eye, C.DATASET: "synthetic",
                    C.PATH: f"/nowhere/{p}_{eye}.jpeg", C.GRADE: grade, C.REFERABLE: ref, C.FOLD: p % folds}
-            pre.append({**cat, C.STATUS: C.STATUS_OK, C.CONFIG_HASH: "pre", C.IMAGE_PNG: encode_png(img), C.SIZE: size})
+            grey = img.mean(axis=2)
+            edges = np.zeros((size, size), np.uint8)
+            edges[:, 1:][np.abs(np.diff(grey, axis=1)) > 100] = 255
+            pre.append({**cat, C.STATUS: C.STATUS_OK, C.CONFIG_HASH: "pre", C.IMAGE_PNG: encode_png(img), C.SIZE: size,
+                        C.CANNY_PNG: encode_png(edges)})
             maps = np.zeros((4, map_size, map_size), np.uint8)
             if ref:
                 maps[1, map_size // 4:map_size // 2, map_size // 4:map_size // 2] = 250
@@ -70,11 +76,13 @@ def write_stage_outputs(root: str | Path, *, n_patients: int = 8, size: int = 48
             e = np.array([[i, i + 1] for i in range(n - 1)], np.int64)
             ei = np.concatenate([e.T, e.T[::-1]], axis=1)
             ves.append({**cat, C.STATUS: C.STATUS_OK, C.CONFIG_HASH: "ves", C.MODEL_HASH: "m2", C.SIZE: size,
+                        C.VESSEL_PROB_PNG: encode_png((grey > 150).astype(np.uint8) * 250),
                         C.N_NODES: n, C.N_EDGES: n - 1, C.GRAPH_X: x.ravel().tolist(),
                         C.GRAPH_POS: np.zeros(2 * n, np.float32).tolist(), C.GRAPH_EDGE_INDEX: ei.ravel().tolist(),
                         C.GRAPH_EDGE_ATTR: np.zeros(2 * (n - 1) * 10, np.float32).tolist(), C.DISC_FOUND: True,
                         "fractal_dimension": 1.3 + 0.1 * ref + rng.normal(0, 0.01),
                         "avr_knudtson": None if p == 2 else 0.7 - 0.05 * ref,
+                        "avr_parr_hubbard": None if p == 2 else 0.75 - 0.05 * ref,
                         "glcm_contrast": 10.0, "glcm_entropy": 5.0, C.BIOMARKER_REASONS: "{}"})
     if flaws:
         pre[0][C.GRADE], pre[0][C.REFERABLE] = None, None  # synthetic/0_left: no label

@@ -28,6 +28,11 @@ from dr_ray.imaging import decode_lesion_maps, decode_png
 from dr_ray.io import columns as C
 
 MODALITIES = ("image", "lesion", "graph", "stats")
+# What the image branch sees (train.image_input): the preprocessed (CLAHE) RGB image, the vessel stage's U-Net
+# probability map (graph paper sec. 3.3: "the segmented image from the U-Net is given to the MobileNetV3") or the
+# preprocess stage's Canny edge map; the one-channel maps are repeated to 3 channels for the RGB backbones.
+IMAGE_INPUTS = ("clahe", "segmented", "canny")
+IMAGE_INPUT_COLUMN = {"clahe": C.IMAGE_PNG, "segmented": C.VESSEL_PROB_PNG, "canny": C.CANNY_PNG}
 REFERABLE_FROM = 2  # ICDR grade >= 2 is referable DR
 NODE_INPUT_DIM = 11  # columns of node_inputs()
 _AV_CODES = (-1, 1, 2, 3)  # unknown, artery, vein, crossing (dr_ray.vessels.graph AV_*)
@@ -79,7 +84,7 @@ class InputSpec:
 
     Saved in the model directory's metadata (``extra["inputs"]``) so that evaluation decodes rows exactly as
     training did. ``stats_mean`` / ``stats_std``: per ``stats_features`` entry, over the training rows' non-null
-    values (std 1 where undefined).
+    values (std 1 where undefined). ``image_input``: one of ``IMAGE_INPUTS`` (what "image" is decoded from).
     """
 
     modalities: tuple[str, ...]
@@ -90,8 +95,11 @@ class InputSpec:
     stats_features: tuple[str, ...] = ()
     stats_mean: tuple[float, ...] = ()
     stats_std: tuple[float, ...] = ()
+    image_input: str = "clahe"
 
     def __post_init__(self) -> None:
+        if self.image_input not in IMAGE_INPUTS:
+            raise ValueError(f"image_input must be one of {IMAGE_INPUTS}, got {self.image_input!r}")
         bad = [m for m in self.modalities if m not in MODALITIES]
         if not self.modalities or bad:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {self.modalities!r}")
@@ -125,6 +133,8 @@ class InputSpec:
         """Joined-table columns :func:`decode_rows` reads for these modalities."""
         # the image is always read: every model has an image branch, and the report overlays Grad-CAM on it
         cols = [C.IMAGE_ID, C.GRADE, C.FOLD, C.IMAGE_PNG]
+        if self.image_input != "clahe":
+            cols.append(IMAGE_INPUT_COLUMN[self.image_input])
         if "lesion" in self.modalities:
             cols += [C.LESION_MAPS_PNG, C.LESION_MAP_KINDS]
         if "graph" in self.modalities:
@@ -192,7 +202,9 @@ def decode_rows(rows: Mapping[str, Sequence[Any]], spec: InputSpec, *, augment: 
     """Joined rows (column -> values; a Ray Data numpy batch or ``pa.Table.to_pydict()``) -> model arrays.
 
     Returns ``image_id`` (B,) str, ``label`` (B,) int64, ``fold`` (B,) int64, ``image`` (B, S, S, 3) uint8 at
-    ``spec.image_size``; with lesions ``lesion`` (B, K, L, L) uint8 at ``spec.lesion_size``; with graphs the
+    ``spec.image_size`` decoded from ``spec.image_input``'s column (``IMAGE_INPUT_COLUMN``; a one-channel vessel
+    probability or Canny map is repeated to 3 channels and gets the geometric transform only, no brightness /
+    contrast jitter: its values are probabilities or edges, not intensities); with lesions ``lesion`` (B, K, L, L) uint8 at ``spec.lesion_size``; with graphs the
     flattened ``graph_x`` / ``graph_edge_index`` as (B,) object arrays and ``n_nodes`` / ``n_edges`` (B,)
     int64; with stats ``stats`` (B, 2F) float32 (:func:`stats_vector`). ``augment`` draws one transform per row
     from ``rng`` (the image and its lesion maps move together; graphs carry no coordinates the models use).
@@ -209,16 +221,23 @@ def decode_rows(rows: Mapping[str, Sequence[Any]], spec: InputSpec, *, augment: 
     }
     params = [_augment_params(rng) if augment else (0, False, 1.0, 0.0) for _ in range(n)]
     images = np.empty((n, spec.image_size, spec.image_size, 3), np.uint8)
-    for i, png in enumerate(rows[C.IMAGE_PNG]):
+    column = IMAGE_INPUT_COLUMN[spec.image_input]
+    rgb = spec.image_input == "clahe"
+    for i, png in enumerate(rows[column]):
+        if png is None:
+            raise ValueError(f"{ids[i]}: {column} is missing (train.image_input={spec.image_input})")
         try:
             img = decode_png(png)
         except ValueError as e:
-            raise ValueError(f"{ids[i]}: image_png: {e}") from e
+            raise ValueError(f"{ids[i]}: {column}: {e}") from e
+        if not rgb and img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
         if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"{ids[i]}: image_png has shape {img.shape}, expected (H, W, 3)")
+            raise ValueError(f"{ids[i]}: {column} has shape {img.shape}, expected (H, W, 3)"
+                             + ("" if rgb else " or (H, W)"))
         k, flip, gain, offset = params[i]
         img = _geometric(_resize(img, spec.image_size), k, flip)
-        if augment:
+        if augment and rgb:
             img = np.clip(img.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
         images[i] = img
     out["image"] = images
@@ -346,6 +365,6 @@ def batches_from_rows(rows: Mapping[str, Sequence[Any]], spec: InputSpec, batch_
         yield collate(decode_rows(part, spec, augment=augment, rng=rng))
 
 
-__all__ = ["InputSpec", "MODALITIES", "NODE_INPUT_DIM", "REFERABLE_FROM", "batches_from_rows", "class_weights",
+__all__ = ["IMAGE_INPUTS", "IMAGE_INPUT_COLUMN", "InputSpec", "MODALITIES", "NODE_INPUT_DIM", "REFERABLE_FROM", "batches_from_rows", "class_weights",
            "collate", "decode_rows", "graph_data", "labels_for_task", "node_inputs", "num_classes",
            "stats_normalisation", "stats_vector", "to_device"]
