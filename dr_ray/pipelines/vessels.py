@@ -131,7 +131,8 @@ def analyse_record(row: dict, cfg: VesselsConfig, *, cfg_hash: str, fov_margin: 
         fov = circle_mask(int(row[C.SIZE]), margin=fov_margin)
         res = analyse_vessels(prob, image, fov, threshold=cfg.threshold, prune_spur_px=cfg.prune_spur_px,
                               patch_px=cfg.patch_px, av_classifier=_av_classifier(cfg.av_model),
-                              disc_diameter_um=cfg.disc_diameter_um)
+                              disc_diameter_um=cfg.disc_diameter_um, crx_vessels=cfg.crx_vessels,
+                              glcm_homogeneity=cfg.glcm_homogeneity)
     except (ImageDecodeError, ValueError) as e:
         out[C.STATUS], out[C.ERROR] = C.STATUS_QUARANTINED, f"{row[C.IMAGE_ID]}: {e}"
         return out
@@ -161,6 +162,8 @@ def analyse_record(row: dict, cfg: VesselsConfig, *, cfg_hash: str, fov_margin: 
         if m is None:
             raise KeyError(f"analyse_vessels returned no {name!r} (columns and analysis are out of step)")
         out[name] = m.value
+    for name in C.ZONE_VESSEL_COUNTS:  # arterioles / venules combined into CRAE / CRVE
+        out[name] = res.zone_counts[name]
     return out
 
 

@@ -108,6 +108,7 @@ def test_rows_equal_direct_computation_bad_rows_quarantined_counts_reconcile(pre
             if m.value is not None:
                 assert r[name] == pytest.approx(m.value, rel=1e-9), name
         assert json.loads(r[C.BIOMARKER_REASONS]) == res.reasons()
+        assert {k: r[k] for k in C.ZONE_VESSEL_COUNTS} == res.zone_counts  # vessels in CRAE / CRVE
         assert r[C.DISC_FOUND] == res.disc.found
 
     out = tmp_path / "vessels"
