@@ -20,12 +20,14 @@ and pure apart from the model actor, so a benchmark can time them one by one:
 5. :func:`commit_label_batch`: 4, then :func:`dr_ray.pipelines.commit.commit_tables` (atomic, exactly once).
 
 One actor holding both models (``label.model_pools=one``, the default) rather than a vessel pool then a lesion
-pool (``two``): measured on CPU here (tests/pipelines/test_label_stage.py fixtures, 7 images at 128 px, tiny
-models, 2-CPU local Ray: see the report in docs/benchmarks.md "dr-ray label") the one-pool stream was not slower,
-and by construction it moves each image batch into the model actors once instead of twice (an extra object-store
-hop of ~0.8 MB per 512-px image), holds one CUDA context and one copy of the batch on the GPU instead of two, and
-needs no second pool to size: both models are small next to a GPU (a vessel U-Net ~10 MB, Swin U-Net ~0.4 GB
-of weights). ``two`` stays for models that do not fit one GPU together.
+pool (``two``), chosen by measurement on CPU here (/tmp script, tiny mobilenetv3 U-Nets, 16 synthetic images at
+256 px, 2-CPU local Ray on a shared 2-core VM): ``one`` ran the stream in 44 s and 99 s (two runs, the machine
+busy with other jobs); ``two`` did not finish in 6 minutes: each pool's actor holds a CPU slot, so on 2 CPUs the
+two actors hold both and the decode tasks never get one (Ray Data warns that no CPU is available). ``one`` needs
+one slot fewer per replica, moves each image batch into the models once instead of twice (an extra
+object-store hop of ~0.8 MB per 512-px image), and holds one CUDA context and one copy of the batch per GPU;
+both models are small next to a GPU (vessel U-Net ~10 MB, Swin U-Net ~0.1 GB of weights). ``two`` stays for
+models that do not fit one GPU together (it needs at least one CPU beyond the two pools' actors).
 
 Resume and refusal are those of the single stages: every folder is scanned and checked against the hash its own
 command would compute (preprocess settings; vessel settings + model; pseudo-label settings + model) and the
@@ -304,6 +306,22 @@ def label_hashes(cfg: Config) -> dict[str, str]:
             LES: config_hash(pl.result_settings(cfg.pseudo_labels, lm)), "vessel_model": vm, "lesion_model": lm}
 
 
+def check_pool_cpus(cfg: Config, cluster_cpus: float) -> None:
+    """Refuse actor pools that hold every CPU of the cluster: the decode and graph tasks would never be scheduled
+    and the stream would wait forever (measured: ``model_pools=two`` with 1-CPU actors on 2 CPUs)."""
+    if cfg.label.model_pools == "one":
+        held, what = cfg.label.actors * cfg.label.cpus_per_actor, "label.actors x label.cpus_per_actor"
+    else:
+        held = (cfg.vessels.actors * cfg.vessels.cpus_per_actor
+                + cfg.pseudo_labels.actors * cfg.pseudo_labels.cpus_per_actor)
+        what = "vessels.actors x cpus_per_actor + pseudo_labels.actors x cpus_per_actor (label.model_pools=two)"
+    need = held + max(cfg.ray.cpus_per_task, cfg.vessels.graph_cpus_per_task)
+    if need > cluster_cpus:
+        raise ValueError(f"{what} = {held:g} CPUs for the model actors leaves no CPU for the decode and graph tasks "
+                         f"on this cluster's {cluster_cpus:g} CPUs: use fewer or smaller actors"
+                         + (" or label.model_pools=one" if cfg.label.model_pools == "two" else ""))
+
+
 WHAT = {PRE: "preprocess settings", VES: "vessel settings or model", LES: "pseudo-label settings or model"}
 
 
@@ -368,6 +386,7 @@ def run_label(cfg: Config) -> dict[str, StageSummary]:
         if plan.num_rows:
             init_ray(cfg.ray)
             check_shared_storage(paths[PRE])
+            check_pool_cpus(cfg, total_cpus())
             blocks = blocks_of(plan, max_rows=cfg.ray.rows_per_file, min_blocks=4 * total_cpus())
             ds = build_label_pipeline(ray.data.from_arrow(blocks), cfg, hashes=hashes)
             ds = ds.map_batches(commit_label_batch, batch_format="pyarrow", batch_size=cfg.ray.rows_per_file,
@@ -398,6 +417,7 @@ def with_models(cfg: Config, *, vessel_model_dir: str, lesion_model_dir: str) ->
         pseudo_labels=dataclasses.replace(cfg.pseudo_labels, model_dir=lesion_model_dir))
 
 
-__all__ = ["IMAGE_ARRAY", "LabelModels", "VESSEL_PROB_ARRAY", "build_label_pipeline", "commit_label_batch",
+__all__ = ["IMAGE_ARRAY", "LabelModels", "VESSEL_PROB_ARRAY", "build_label_pipeline", "check_pool_cpus",
+           "commit_label_batch",
            "label_hashes", "label_preprocess_batch", "label_vessels_batch", "run_label", "split_stage_tables",
            "stream_column", "with_models"]

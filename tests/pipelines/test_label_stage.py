@@ -170,3 +170,16 @@ def test_changed_settings_are_refused_before_anything_is_written(labelled, model
     with pytest.raises(ValueError, match="makes its own preprocess folder"):
         run_label(_cfg(out, models, threshold, "vessels.input=/somewhere/else"))
     assert sorted(str(p) for p in out.rglob("*.parquet")) == files
+
+
+def test_actor_pools_that_leave_no_cpu_for_the_tasks_are_refused():
+    """Measured: two 1-CPU pools on 2 CPUs never schedule a decode task (the stream waits forever)."""
+    from dr_ray.pipelines.label import check_pool_cpus
+
+    cfg = load_config(None, ["label.model_pools=two"])
+    with pytest.raises(ValueError, match="leaves no CPU for the decode and graph tasks"):
+        check_pool_cpus(cfg, 2)
+    check_pool_cpus(cfg, 3)
+    check_pool_cpus(load_config(None, []), 2)  # one pool: 1 actor CPU + 1 task CPU
+    with pytest.raises(ValueError, match="label.actors"):
+        check_pool_cpus(load_config(None, ["label.actors=2"]), 2)
