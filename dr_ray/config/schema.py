@@ -179,6 +179,7 @@ class TrainVesselsConfig:
     model: str = "vessel_unet"  # registry name (dr_ray.models)
     encoder: str = "resnet18"  # timm encoder of the U-Net
     pretrained: bool = False  # ImageNet encoder weights (needs the HF hub or its local cache)
+    pretrained_file: str = ""  # safetensors / torch state dict (local or s3://) for the U-Net encoder; "" = none
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # one per x2 upsampling step (5 for stride 32)
     patch_size: int = 256  # training patch side, px at the trained scale; a multiple of 32 (the U-Net's stride)
     patches_per_image: int = 8  # random patches drawn from each training image per epoch
@@ -198,6 +199,8 @@ class TrainVesselsConfig:
 
     def __post_init__(self) -> None:
         k = "train_vessels."
+        _check(not (self.pretrained and self.pretrained_file), k + "pretrained_file", self.pretrained_file,
+               "set either train_vessels.pretrained (hub download) or train_vessels.pretrained_file, not both")
         bad = [d for d in self.datasets if d not in VESSEL_DATASETS]
         _check(not bad, k + "datasets", list(self.datasets), f"allowed entries are {', '.join(VESSEL_DATASETS)}")
         _check(len(set(self.datasets)) == len(self.datasets), k + "datasets", list(self.datasets), "has duplicates")
@@ -301,6 +304,7 @@ class TrainLesionsConfig:
     model: str = "lesion_unet"  # lesion_unet (CNN, faster) | swin_unet (the poster's Swin U-Net)
     encoder: str = ""  # timm encoder; "" = the model's default (resnet34 / swin_tiny_patch4_window7_224)
     pretrained: bool = False  # ImageNet encoder weights (needs the HF hub or its local cache)
+    pretrained_file: str = ""  # safetensors / torch state dict (local or s3://) for the encoder; "" = none
     image_size: int = 1024  # images are resized so their longer side is this (px) before patching
     patch_size: int = 256  # training patch side (px); swin_unet: its input size (a multiple of 224 for window 7)
     patches_per_image: int = 8
@@ -322,6 +326,8 @@ class TrainLesionsConfig:
 
     def __post_init__(self) -> None:
         k = "train_lesions."
+        _check(not (self.pretrained and self.pretrained_file), k + "pretrained_file", self.pretrained_file,
+               "set either train_lesions.pretrained (hub download) or train_lesions.pretrained_file, not both")
         bad = [d for d in self.datasets if d not in LESION_DATASETS]
         _check(not bad and len(set(self.datasets)) == len(self.datasets), k + "datasets", list(self.datasets),
                f"must be distinct entries of {', '.join(LESION_DATASETS)}")
@@ -459,6 +465,7 @@ class TrainConfig:
     model: str = "graph_fusion"  # one of CLASSIFIER_MODELS (dr_ray.models.classifiers)
     backbone: str = ""  # image backbone (timm name); "" = the model's default
     pretrained: bool = False  # ImageNet backbone weights (needs the HF hub or its local cache on every node)
+    pretrained_file: str = ""  # safetensors / torch state dict (local, s3://) of the image backbone, e.g. RETFound
     modalities: tuple[str, ...] = ()  # inputs the model uses (ablations); () = all the model supports
     image_size: int = 512  # images are resized to this side (px) for the model
     lesion_size: int = 128  # lesion maps are resized to this side (px)
@@ -512,6 +519,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         k = "train."
+        _check(not (self.pretrained and self.pretrained_file), k + "pretrained_file", self.pretrained_file,
+               "set either train.pretrained (hub download) or train.pretrained_file, not both")
+        _check(not (self.pretrained_file and self.image_encoder_init), k + "pretrained_file", self.pretrained_file,
+               "set either train.pretrained_file or train.image_encoder_init (both fill the image backbone)")
         _check(_plain_name(self.name), k + "name", self.name, "must be a plain folder name")
         _check(self.task in TASKS, k + "task", self.task, f"must be one of {', '.join(TASKS)}")
         _check(0 <= self.bootstrap <= 100_000, k + "bootstrap", self.bootstrap, "must be in 0..100000 (resamples)")

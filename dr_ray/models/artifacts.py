@@ -9,6 +9,8 @@
     created_utc: ISO-8601 time the directory was written
     train_data_hash: str | None, identifies the training data (e.g. a hash of the training manifest)
     model_sha256: sha256 hex of ``model.pt``; checked before loading
+    pretrained_file: None, or the weight file the backbone started from (``model.pretrained_file_info``, set by
+        :mod:`dr_ray.models.pretrained`): {"file", "sha256", "size_bytes", "format", "module", ...}
     extra: free-form dict (metrics, epoch, ...)
 
 Local paths only (``model.pt`` must be a real file for ``torch.load``); copy from object storage first.
@@ -96,6 +98,7 @@ def save_model_dir(model: nn.Module, path: str | Path, *, config: dict, train_da
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "train_data_hash": train_data_hash,
         "model_sha256": None,
+        "pretrained_file": getattr(model, "pretrained_file_info", None),
         "extra": extra or {},
     }
     meta_text = json.dumps(meta, indent=2, sort_keys=True)  # fail on non-JSON config before writing weights

@@ -97,8 +97,15 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name`` with ``kwargs``; the result has a ``.spec`` (:class:`ModelSpec`)."""
+def create_model(name: str, *, pretrained_file: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` with ``kwargs``; the result has a ``.spec`` (:class:`ModelSpec`).
+
+    ``pretrained_file``: a local path or URI of a safetensors / torch weight file loaded into the model's timm
+    backbone (:func:`dr_ray.models.pretrained.load_backbone_file`; not with ``pretrained=True``).
+    """
+    if pretrained_file and kwargs.get("pretrained"):
+        raise ValueError(f"create_model({name!r}): pass pretrained=True (hub weights) or pretrained_file="
+                         f"{pretrained_file!r}, not both")
     if name not in _REGISTRY:
         known = list_models()
         close = difflib.get_close_matches(str(name), known, n=3)
@@ -108,4 +115,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise TypeError(f"builder for {name!r} returned a model without a ModelSpec .spec (got {type(spec).__name__})")
+    if pretrained_file:
+        from dr_ray.models.pretrained import load_backbone_file
+
+        load_backbone_file(model, pretrained_file)
     return model

@@ -89,7 +89,10 @@ def create_encoder(encoder: str, *, pretrained: bool, in_chans: int, **timm_kwar
                          + " (see timm.list_models())")
     kw: dict[str, Any] = dict(features_only=True, pretrained=pretrained, in_chans=in_chans, **timm_kwargs)
     if not pretrained:
-        return timm.create_model(encoder, **kw)
+        enc = timm.create_model(encoder, **kw)
+        # how to rebuild the plain timm model, for weights from a file (dr_ray.models.pretrained)
+        enc.timm_build = {"name": encoder, "kwargs": dict(in_chans=in_chans, **timm_kwargs)}
+        return enc
     host, source = _weights_host(encoder)
     if host is None:
         raise RuntimeError(f"timm has no pretrained weights for {encoder}; set pretrained=False")

@@ -83,9 +83,12 @@ def _mlflow(cfg: Config, fold: int) -> dict | None:
             "params": flat}
 
 
-def export_fold_model(result, t, spec: InputSpec, model_dir: Path, *, cfg: Config, data: FusionData, fold: int):
-    """The best epoch's weights of a fold's Ray Train result -> a saved model directory; returns (history, best)."""
+def export_fold_model(result, t, spec: InputSpec, model_dir: Path, *, cfg: Config, data: FusionData, fold: int,
+                      weight_file=None):
+    """The best epoch's weights of a fold's Ray Train result -> a saved model directory; returns (history, best).
+    ``weight_file``: the ``train.pretrained_file`` training started from (its sha256 goes into the metadata)."""
     from dr_ray.models import save_model_dir
+    from dr_ray.models.pretrained import mark_pretrained_file
     from dr_ray.training.ray_fusion import build_classifier, load_best
 
     if result.checkpoint is None:
@@ -94,7 +97,7 @@ def export_fold_model(result, t, spec: InputSpec, model_dir: Path, *, cfg: Confi
         best_state, history = load_best(d)
     best_epoch = int(history[-1]["best_epoch"])
     best = next(h for h in history if h["epoch"] == best_epoch)
-    model = build_classifier(t, spec, pretrained=False)
+    model = mark_pretrained_file(build_classifier(t, spec, pretrained=False), weight_file)
     model.load_state_dict(best_state)
     save_model_dir(model, model_dir, config=to_dict(cfg), train_data_hash=data.data_hash, overwrite=True,
                    extra={"fold": fold, "inputs": spec.to_dict(), "best_epoch": best_epoch, "metrics": best,
@@ -106,6 +109,7 @@ def run_train(cfg: Config) -> dict:
     """Train (or resume) every configured fold; returns the CV summary (also written to ``cv.json``)."""
     from dr_ray.pipelines.cv_stats import (SPLIT_FOLD, SPLIT_FOLD_MEAN, fold_metrics, oof_table,
                                            outer_fold_predictions, pooled_summary, write_oof)
+    from dr_ray.models.pretrained import check_weight_file
     from dr_ray.training.classification_metrics import cv_summary
     from dr_ray.training.ray_fusion import classifier_kwargs, fit_fold, model_modalities, tensorboard_callback
 
@@ -126,6 +130,8 @@ def run_train(cfg: Config) -> dict:
     fold_col = np.asarray(index.column(C.FOLD).to_pylist())
     log.info("train %s: model %s, modalities %s, %d images (%s), folds %s", t.name, t.model, modalities,
              index.num_rows, np.bincount(labels, minlength=t.num_classes).tolist(), folds)
+    # a missing or unreadable weight file fails here, before any worker starts; its sha256 goes into the metadata
+    weight_file = check_weight_file(t.pretrained_file) if t.pretrained_file else None
     init_ray(cfg.ray)
     per_fold: list[dict] = []
     oof_parts = []
@@ -139,7 +145,8 @@ def run_train(cfg: Config) -> dict:
                           storage_path=str(out / "ray"), name=f"fold_{k}",
                           callbacks=[tensorboard_callback(str(out / "tensorboard" / f"fold_{k}"))],
                           mlflow=_mlflow(cfg, k))
-        history, best = export_fold_model(result, t, spec, out / f"fold_{k}" / "model", cfg=cfg, data=data, fold=k)
+        history, best = export_fold_model(result, t, spec, out / f"fold_{k}" / "model", cfg=cfg, data=data, fold=k,
+                                          weight_file=weight_file)
         row = {"fold": k, "best_epoch": best["epoch"], "epochs_run": history[-1]["epoch"],
                "train_images": int((fold_col != k).sum()), "val_images": int((fold_col == k).sum()),
                "val_ids_hash": _val_ids_hash(index, k),

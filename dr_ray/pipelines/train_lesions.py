@@ -57,6 +57,7 @@ def lesion_records(cfg: Config) -> list[LesionRecord]:
 def run_train_lesions(cfg: Config) -> dict:
     """Train (or resume) the lesion model; returns {"final", "history", "model_dir", "encoder_path", ...}."""
     from dr_ray.models import artifact_hash
+    from dr_ray.models.pretrained import check_weight_file, mark_pretrained_file
     from dr_ray.models.transfer import save_encoder
     from dr_ray.training.ray_train import build_lesion_model, fit_lesions
 
@@ -66,10 +67,13 @@ def run_train_lesions(cfg: Config) -> dict:
     train, val = split_by_patient(records, val_fraction=tl.val_fraction, seed=tl.seed)
     data_hash = lesion_data_hash(train)
     log.info("train-lesions: %d training, %d validation images", len(train), len(val))
+    # a missing or unreadable weight file fails here, before any worker starts; its sha256 goes into the metadata
+    weight_file = check_weight_file(tl.pretrained_file) if tl.pretrained_file else None
     init_ray(cfg.ray)
     result = fit_lesions(tl, train, val, storage_path=str(out / "ray"), name=RAY_RUN_NAME)
     model, history = export_latest_checkpoint(
-        result, out / "model", build=lambda: build_lesion_model(dataclasses.replace(tl, pretrained=False)),
+        result, out / "model", build=lambda: mark_pretrained_file(
+            build_lesion_model(dataclasses.replace(tl, pretrained=False, pretrained_file="")), weight_file),
         config=to_dict(cfg), data_hash=data_hash)
     # the encoder alone, for a classifier's lesion branch (the poster's Table 2 transfer)
     save_encoder(model, out / "encoder.pt", source_model_hash=artifact_hash(out / "model"), overwrite=True)

@@ -56,6 +56,7 @@ def vessel_records(cfg: Config) -> tuple[list[VesselRecord], list[str]]:
 
 def run_train_vessels(cfg: Config) -> dict:
     """Train (or resume) the vessel model; returns {"final": last epoch's metrics, "history", "model_dir", ...}."""
+    from dr_ray.models.pretrained import check_weight_file, mark_pretrained_file
     from dr_ray.training.ray_train import build_model, fit
 
     tv = cfg.train_vessels
@@ -65,12 +66,14 @@ def run_train_vessels(cfg: Config) -> dict:
     data_hash = train_data_hash(train)
     log.info("train-vessels: %d training, %d validation images (%d without masks skipped)", len(train), len(val),
              len(skipped))
+    # a missing or unreadable weight file fails here, before any worker starts; its sha256 goes into the metadata
+    weight_file = check_weight_file(tv.pretrained_file) if tv.pretrained_file else None
     init_ray(cfg.ray)
     result = fit(tv, train, val, storage_path=str(out / "ray"), name=RAY_RUN_NAME)
     model_dir = out / "model"
     _, history = export_latest_checkpoint(
-        result, model_dir, build=lambda: build_model(dataclasses.replace(tv, pretrained=False)), config=to_dict(cfg),
-        data_hash=data_hash)
+        result, model_dir, config=to_dict(cfg), data_hash=data_hash, build=lambda: mark_pretrained_file(
+            build_model(dataclasses.replace(tv, pretrained=False, pretrained_file="")), weight_file))
     summary = {
         "final": history[-1],
         "history": history,

@@ -92,10 +92,12 @@ def encoder_branch_kwargs(t: TrainConfig) -> dict[str, Any]:
 
 
 def build_classifier(t: TrainConfig, spec: InputSpec | None = None, *, pretrained: bool | None = None):
-    """The classifier of ``t`` (``pretrained`` defaults to ``t.pretrained``)."""
+    """The classifier of ``t``. ``pretrained=None`` (training): ``t.pretrained`` hub weights or the
+    ``t.pretrained_file`` weight file for the image backbone; ``False``: no weights (probes, exports)."""
     from dr_ray.models import create_model
 
     return create_model(t.model, pretrained=t.pretrained if pretrained is None else pretrained,
+                        pretrained_file=(t.pretrained_file or None) if pretrained is None else None,
                         **classifier_kwargs(t, spec))
 
 

@@ -35,7 +35,7 @@ def build_model(cfg: TrainVesselsConfig) -> torch.nn.Module:
     from dr_ray.models import create_model
 
     return create_model(cfg.model, encoder=cfg.encoder, pretrained=cfg.pretrained, input_size=cfg.patch_size,
-                        decoder_channels=cfg.decoder_channels)
+                        decoder_channels=cfg.decoder_channels, pretrained_file=cfg.pretrained_file or None)
 
 
 def restore(model: torch.nn.Module, optimizer, scheduler, *, epochs: int, rank: int) -> tuple[int, list[dict]]:
@@ -212,7 +212,7 @@ def build_lesion_model(cfg) -> torch.nn.Module:
 
     kw = {"encoder": cfg.encoder} if cfg.encoder else {}
     return create_model(cfg.model, lesion_kinds=list(cfg.kinds), pretrained=cfg.pretrained,
-                        input_size=cfg.patch_size, **kw)
+                        input_size=cfg.patch_size, pretrained_file=cfg.pretrained_file or None, **kw)
 
 
 def lesion_batches(batches):
