@@ -397,6 +397,118 @@ def recommit_without(stage_path: str, key: str | None, files: Sequence[str], dro
     return dropped
 
 
-__all__ = ["COMMITS_DIR", "COMMIT_RESULT_SCHEMA", "LEASE_FILE", "LeaseHeldError", "LeaseLostError", "STAGING_DIR",
+# ---------------------------------------------------------------- running a stage stream to its commits
+
+def _crash_types() -> tuple[type, ...]:
+    import ray.exceptions as rex
+
+    names = ("WorkerCrashedError", "OutOfMemoryError", "NodeDiedError", "LocalRayletDiedError", "ActorDiedError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
+def bounded_data_context(ray_cfg):
+    """A copy of the current Ray Data context for a stage run: blocks whose task failed after
+    ``ray.max_task_retries`` are dropped instead of failing the job (their rows then go through
+    :func:`isolate_missing`), an actor pool that cannot start fails after ``ray.actor_start_timeout_s``, and
+    a stream without progress for ``ray.no_progress_timeout_s`` fails (a dead actor never hangs the job)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current().copy()
+    ctx.max_errored_blocks = -1
+    ctx.wait_for_min_actors_s = int(ray_cfg.actor_start_timeout_s)
+    ctx.execution_no_progress_timeout_s = float(ray_cfg.no_progress_timeout_s)
+    return ctx
+
+
+def task_retry_args(ray_cfg) -> dict:
+    """``map_batches`` keyword arguments bounding the retries of a task pool stage."""
+    return {"max_retries": int(ray_cfg.max_task_retries)}
+
+
+def actor_retry_args(ray_cfg) -> dict:
+    """``map_batches`` keyword arguments for an actor pool: actors always come back (a pool that lost every actor
+    would wait forever), but each call is retried at most ``ray.max_task_retries`` times."""
+    return {"max_restarts": -1, "max_task_retries": int(ray_cfg.max_task_retries)}
+
+
+def run_commits(ds, stage_path: str, *, run_id: str, rows_per_file: int, ray_cfg) -> pa.Table:
+    """Execute a stage dataset (its output rows, with status/error) by committing batches of
+    ``rows_per_file`` rows to ``stage_path``; returns the small per-commit results (``COMMIT_RESULT_SCHEMA``).
+    Build ``ds`` inside ``with_context(bounded_data_context(...))`` so its operators see the same limits."""
+    committed = ds.map_batches(commit_batch, batch_format="pyarrow", batch_size=rows_per_file,
+                               fn_kwargs={"stage_path": stage_path, "run_id": run_id}, **task_retry_args(ray_cfg))
+    parts = [b for b in committed.iter_batches(batch_format="pyarrow", batch_size=None)]
+    return pa.concat_tables(parts) if parts else COMMIT_RESULT_SCHEMA.empty_table()
+
+
+def with_context(ctx):
+    """``with with_context(ctx):`` makes ``ctx`` the current Ray Data context: datasets created inside seal it."""
+    import ray
+
+    return ray.data.DataContext.current(ctx)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How to run a few rows of a stage outside its stream, one small Ray task per group of rows.
+
+    ``process(table) -> table``: input rows -> stage output rows (status/error columns), picklable;
+    ``fetch(ids) -> table``: the input rows of those ids (picklable; runs in the task, so the driver never holds
+    image data); ``quarantine(ids, reason) -> table``: output rows quarantining ids (driver side, no image data);
+    ``options``: the task's resources (``num_cpus``, ``num_gpus``)."""
+
+    process: object
+    fetch: object
+    quarantine: object
+    options: dict
+
+
+def _isolated_task(fetch, process, ids: list[str], stage_path: str, run_id: str) -> pa.Table:
+    return commit_tables({stage_path: process(fetch(ids))}, run_id=run_id)
+
+
+def isolate_missing(missing: Sequence[str], iso: Isolation, stage_path: str, *, run_id: str, max_retries: int,
+                    group_size: int, timeout_s: float) -> dict[str, int]:
+    """Rows that the stream did not commit (their task died ``max_retries`` + 1 times) run again in isolated
+    tasks: groups of ``group_size`` first, a group whose worker dies is split in two, and a single row whose
+    task dies ``max_retries`` + 1 times (native crash, OOM, os._exit) or runs past ``timeout_s`` is quarantined
+    "worker died" / "timed out". An application error is raised (it would fail for every row). Returns counts."""
+    import ray
+
+    crash = _crash_types()
+    task = ray.remote(_isolated_task)
+    groups = [list(missing[i:i + group_size]) for i in range(0, len(missing), max(1, group_size))]
+    counts = {"committed": 0, "worker_died": 0, "timed_out": 0}
+    while groups:
+        refs = {}
+        for g in groups:
+            opts = {**iso.options, "max_retries": max_retries if len(g) == 1 else 0}
+            refs[task.options(**opts).remote(iso.fetch, iso.process, g, stage_path, run_id)] = g
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        groups = []
+        dead: list[tuple[list[str], str]] = []
+        for ref in pending:
+            ray.cancel(ref, force=True)
+            dead.append((refs[ref], f"timed out (task ran past {timeout_s:.0f} s)"))
+        for ref in ready:
+            g = refs[ref]
+            try:
+                ray.get(ref)
+                counts["committed"] += len(g)
+            except crash as e:
+                dead.append((g, f"worker died ({max_retries + 1} attempts; {type(e).__name__})"))
+        for g, reason in dead:
+            if len(g) > 1:
+                h = len(g) // 2
+                groups += [g[:h], g[h:]]
+                continue
+            log.error("%s: %s quarantined: %s", stage_path, g[0], reason)
+            commit_tables({stage_path: iso.quarantine(g, reason)}, run_id=run_id, task_key=f"died{task_key_of(g)}")
+            counts["timed_out" if reason.startswith("timed out") else "worker_died"] += 1
+    return counts
+
+
+__all__ = ["Isolation", "actor_retry_args", "bounded_data_context", "isolate_missing", "run_commits",
+           "task_retry_args", "with_context", "COMMITS_DIR", "COMMIT_RESULT_SCHEMA", "LEASE_FILE", "LeaseHeldError", "LeaseLostError", "STAGING_DIR",
            "StageLease", "check_lease", "commit_batch", "commit_tables", "describe_lease", "lease_is_stale",
            "parse_part_name", "read_lease", "read_marker", "recommit_without", "roll_forward", "task_key_of"]

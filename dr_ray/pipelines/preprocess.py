@@ -52,8 +52,8 @@ def preprocess_record_image(row: dict, cfg: PreprocessConfig, cfg_hash: str) -> 
     out.update({k: row.get(k) for k in C.CATALOG_COLUMNS})
     out[C.CONFIG_HASH] = cfg_hash
     path = row[C.PATH]
-    maybe_inject(STAGE, row[C.IMAGE_ID])
     try:
+        maybe_inject(STAGE, row[C.IMAGE_ID])  # inside: an injected transient OSError is quarantined as a read error
         data = fs.read_bytes(path)
         res = preprocess_image(data, cfg)
     except ImageDecodeError as e:
@@ -98,18 +98,56 @@ def preprocess_batch(batch: pa.Table, *, cfg: PreprocessConfig, cfg_hash: str, t
 
 def build_preprocess_pipeline(ds, cfg: Config):
     """Catalog dataset -> preprocessed dataset (lazy; nothing runs until it is written)."""
+    from dr_ray.pipelines.commit import task_retry_args
+
     return ds.map_batches(
         preprocess_batch,
         batch_format="pyarrow",
         batch_size=cfg.ray.batch_size,
         num_cpus=cfg.ray.cpus_per_task,
         fn_kwargs={"cfg": cfg.preprocess, "cfg_hash": config_hash(cfg.preprocess), "threads": cfg.ray.cpus_per_task},
+        **task_retry_args(cfg.ray),
     )
 
 
+def _catalog_rows(ids: list[str], *, table: pa.Table) -> pa.Table:
+    return table.filter(pc.is_in(table.column(C.IMAGE_ID), value_set=pa.array(ids, pa.string())))
+
+
+def quarantine_rows(inputs: pa.Table, reason: str, *, schema: pa.Schema, cfg_hash: str, who: str,
+                    extra: dict | None = None) -> pa.Table:
+    """Output rows (``schema``) quarantining ``inputs``' rows with "<who column value>: <reason>"."""
+    rows = []
+    for r in inputs.select([c for c in C.CATALOG_COLUMNS if c in inputs.column_names]).to_pylist():
+        row = {name: None for name in schema.names}
+        row.update(r)
+        row.update({C.STATUS: C.STATUS_QUARANTINED, C.ERROR: f"{r[who]}: {reason}", C.CONFIG_HASH: cfg_hash,
+                    **(extra or {})})
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _quarantine(ids: list[str], reason: str, *, table: pa.Table, cfg_hash: str) -> pa.Table:
+    return quarantine_rows(_catalog_rows(ids, table=table), reason, schema=_OUTPUT_SCHEMA, cfg_hash=cfg_hash,
+                           who=C.PATH)
+
+
 def run_preprocess(cfg: Config) -> StageSummary:
-    """Build the catalog, preprocess every image not done yet, write shards and a reconciled summary."""
+    """Build the catalog, preprocess every image not done yet, commit shards exactly once (one writer per
+    stage folder: :class:`~dr_ray.pipelines.commit.StageLease`), write a reconciled summary."""
+    import functools
+
     import ray
+
+    from dr_ray.pipelines.commit import (
+        Isolation,
+        StageLease,
+        bounded_data_context,
+        isolate_missing,
+        run_commits,
+        with_context,
+    )
+    from dr_ray.pipelines.runtime import check_shared_storage, release_retryable
 
     out = stage_dir(cfg.output.dir, STAGE)
     cfg_hash = config_hash(cfg.preprocess)
@@ -117,28 +155,49 @@ def run_preprocess(cfg: Config) -> StageSummary:
     for p in catalog.problems:
         log.warning("label problem %s line %d: %s", p.file, p.line, p.reason)
 
-    before = scan_outputs(out)
-    # Refuse before writing anything, so a refused run leaves the earlier run's side files as they were.
-    check_resumable(before.table, cfg_hash, out, cfg.output.resume, what="preprocess settings")
-    fs.makedirs(out)
-    fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
-    write_catalog(catalog.table, fs.join(out, "catalog.parquet"))
-    fs.write_csv(fs.join(out, "label_problems.csv"), problems_table(catalog.problems))
-    done = before.ids()
-    todo = catalog.table.filter(pc.invert(pc.is_in(catalog.table.column(C.IMAGE_ID), value_set=done)))
-    already = catalog.table.num_rows - todo.num_rows
-    log.info("%s: %d catalog rows, %d done by earlier runs, %d to process -> %s",
-             STAGE, catalog.table.num_rows, already, todo.num_rows, out)
+    with StageLease([out], ttl_s=cfg.output.lease_ttl_s) as lease:
+        before = scan_outputs(out, run_id=lease.run_id)
+        # Refuse before writing anything, so a refused run leaves the earlier run's side files as they were.
+        check_resumable(before.table, cfg_hash, out, cfg.output.resume, what="preprocess settings",
+                        catalog=catalog.table)
+        retried = release_retryable(out, before, run_id=lease.run_id) if cfg.output.resume else 0
+        if retried:
+            log.info("%s: %d rows quarantined by a transient I/O error are processed again", STAGE, retried)
+            before = scan_outputs(out, run_id=lease.run_id)
+        fs.makedirs(out)
+        fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
+        write_catalog(catalog.table, fs.join(out, "catalog.parquet"))
+        fs.write_csv(fs.join(out, "label_problems.csv"), problems_table(catalog.problems))
+        done = before.ids()
+        todo = catalog.table.filter(pc.invert(pc.is_in(catalog.table.column(C.IMAGE_ID), value_set=done)))
+        already = catalog.table.num_rows - todo.num_rows
+        log.info("%s: %d catalog rows, %d done by earlier runs, %d to process -> %s (run %s)",
+                 STAGE, catalog.table.num_rows, already, todo.num_rows, out, lease.run_id)
 
-    elapsed = 0.0
-    if todo.num_rows:
-        init_ray(cfg.ray)
-        blocks = blocks_of(todo, max_rows=cfg.ray.rows_per_file, min_blocks=4 * total_cpus())
-        ds = build_preprocess_pipeline(ray.data.from_arrow(blocks), cfg)
-        t0 = time.perf_counter()
-        ds.write_parquet(out, partition_cols=[C.STATUS])
-        elapsed = time.perf_counter() - t0
+        elapsed = 0.0
+        if todo.num_rows:
+            init_ray(cfg.ray)
+            check_shared_storage(out)
+            blocks = blocks_of(todo, max_rows=cfg.ray.rows_per_file, min_blocks=4 * total_cpus())
+            t0 = time.perf_counter()
+            with with_context(bounded_data_context(cfg.ray)):
+                ds = build_preprocess_pipeline(ray.data.from_arrow(blocks), cfg)
+                run_commits(ds, out, run_id=lease.run_id, rows_per_file=cfg.ray.rows_per_file, ray_cfg=cfg.ray)
+            got = set(scan_outputs(out, remove_incomplete=False).ids().to_pylist())
+            missing = [i for i in todo.column(C.IMAGE_ID).to_pylist() if i not in got]
+            if missing:
+                log.warning("%s: %d rows were not committed by the stream (their tasks died); running them in "
+                            "isolated tasks", STAGE, len(missing))
+                iso = Isolation(
+                    process=functools.partial(preprocess_batch, cfg=cfg.preprocess, cfg_hash=cfg_hash,
+                                              threads=cfg.ray.cpus_per_task),
+                    fetch=functools.partial(_catalog_rows, table=todo.select(list(C.CATALOG_COLUMNS))),
+                    quarantine=functools.partial(_quarantine, table=todo, cfg_hash=cfg_hash),
+                    options={"num_cpus": cfg.ray.cpus_per_task})
+                isolate_missing(missing, iso, out, run_id=lease.run_id, max_retries=cfg.ray.max_task_retries,
+                                group_size=cfg.ray.batch_size, timeout_s=cfg.ray.no_progress_timeout_s)
+            elapsed = time.perf_counter() - t0
 
-    return finish_stage(STAGE, catalog.table, before, out, label_problems=len(catalog.problems),
-                        already_done=already, processed_now=todo.num_rows, run_seconds=elapsed)
-
+        return finish_stage(STAGE, catalog.table, before, out, label_problems=len(catalog.problems),
+                            already_done=already, processed_now=todo.num_rows, run_seconds=elapsed,
+                            run_id=lease.run_id, retried=retried)
