@@ -208,3 +208,13 @@ PSEUDO_LABELS_SCHEMA = pa.schema(
         *[pa.field(lesion_count_column(k), pa.int32()) for k in LESION_KINDS],
     ]
 )
+
+# --- fusion_data index (dr_ray.pipelines.fusion_data) ----------------------------------------
+SOURCE_FILE = "source_file"  # the stage shard (full path / URI) a row was read from
+
+
+def source_file_column(stage: str) -> str:
+    """Index column naming the ``stage`` shard that holds a joined row's data, e.g. ``vessels_file``."""
+    if stage not in ("preprocess", "pseudo_labels", "vessels"):
+        raise ValueError(f"unknown stage {stage!r}; known: preprocess, pseudo_labels, vessels")
+    return f"{stage}_file"

@@ -132,9 +132,9 @@ def _read_predictions(path: str) -> pa.Table:
 def predict_fold(cfg: Config, model_dir: str, fold: int, out: str) -> dict:
     """Out-of-fold predictions of one fold model -> ``out/status=*/``; returns counts that must reconcile."""
     import ray
-    from ray.data.expressions import col
 
     from dr_ray.models import read_metadata
+    from dr_ray.pipelines.fusion_data import rows_dataset
     from dr_ray.training.fusion_data import InputSpec
 
     e = cfg.evaluate
@@ -149,8 +149,8 @@ def predict_fold(cfg: Config, model_dir: str, fold: int, out: str) -> dict:
     if fs.is_dir(out):
         for f in fs.list_files(out, recursive=True):
             fs.delete_file(f)  # predictions are derived: a rerun replaces them
-    ds = ray.data.read_parquet(ok_dir, partitioning=None).select_columns(spec.columns())
-    ds = ds.filter(expr=col(C.FOLD) == fold)
+    # the joined data is an index: each read task fetches its rows' images/maps/graphs from the stage shards
+    ds = rows_dataset(meta["extra"]["fusion_data"], spec.columns(), fold=fold, fetch_cpus=e.cpus_per_actor)
     ds = ds.map_batches(ClassifierActor, batch_format="numpy", batch_size=e.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=e.actors), num_gpus=e.gpus_per_actor,
                         num_cpus=e.cpus_per_actor,
@@ -178,10 +178,11 @@ def _thumbnail(png: bytes, size: int = 192) -> np.ndarray:
 
 def _image_rows(fusion_ok_dir: str, ids: list[str], columns: list[str]) -> dict[str, list]:
     """The joined rows of ``ids`` (a handful, for Grad-CAM and thumbnails), in the order of ``ids``."""
-    filesystem, inner = fs.resolve(fusion_ok_dir)
-    t = pads.dataset(inner, filesystem=filesystem, format="parquet").to_table(
-        columns=columns, filter=pc.field(C.IMAGE_ID).isin(ids))
-    rows = t.to_pydict()
+    from dr_ray.pipelines.fusion_data import read_rows
+
+    suffix = f"/{C.STATUS}={C.STATUS_OK}"  # the index folder holds status=ok/; big columns come from the stages
+    rows = read_rows(fusion_ok_dir[: -len(suffix)] if fusion_ok_dir.endswith(suffix) else fusion_ok_dir,
+                     columns, ids=ids).to_pydict()
     order = {v: i for i, v in enumerate(rows[C.IMAGE_ID])}
     return {k: [v[order[i]] for i in ids if i in order] for k, v in rows.items()}
 

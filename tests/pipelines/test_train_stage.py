@@ -135,8 +135,10 @@ def test_kfold_training_exports_the_best_epoch_with_cv_and_paired_test(stages, f
     model, meta = load_model_dir(stages / "gf" / "fold_1" / "model")
     spec = InputSpec.from_dict(meta["extra"]["inputs"])
     assert spec.stats_features == ("avr_parr_hubbard", "fractal_dimension", "glcm_contrast", "glcm_entropy")
+    from dr_ray.pipelines.fusion_data import read_rows
+
     data_dir = Path(meta["extra"]["fusion_data"]) / "status=ok"
-    rows = pq.read_table(data_dir, columns=spec.columns()).to_pydict()
+    rows = read_rows(meta["extra"]["fusion_data"], spec.columns()).to_pydict()
     keep = [i for i, f in enumerate(rows[C.FOLD]) if f == 1]
     rows = {k: [v[i] for i in keep] for k, v in rows.items()}
     ids, labels, probs = predict(model, batches_from_rows(rows, spec, 4), "cpu", mean=model.spec.mean,

@@ -3,6 +3,8 @@ geometric augmentation, graph arrays -> torch_geometric batches, device normalis
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -178,3 +180,90 @@ def test_input_spec_round_trip_and_checks():
     with pytest.raises(ValueError, match="modalities"):
         _spec(modalities=("image", "text"))
     assert C.GRAPH_X in s.columns() and "fractal_dimension" in s.columns()
+
+
+# --- the joined index (dr_ray.pipelines.fusion_data): small columns in the driver, big ones fetched -------------
+
+def _join(root, stages=("pseudo_labels", "vessels"), **kw):
+    from dr_ray.config import load_config
+    from dr_ray.pipelines.fusion_data import build_fusion_data
+
+    return build_fusion_data(load_config(None, [f"output.dir={root}", "data.folds=2"]), stages)
+
+
+def test_join_index_holds_no_bulky_column_and_fetches_the_stage_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    from dr_ray.pipelines.fusion_data import read_rows
+    from dr_ray.testing.stages import read_stage, write_stage_outputs
+
+    write_stage_outputs(tmp_path)
+    data = _join(tmp_path)
+    assert (data.rows_in, data.written, data.quarantined) == (16, 13, 3)
+    index = pq.read_table(data.ok_dir)
+    assert not {C.IMAGE_PNG, C.LESION_MAPS_PNG, C.GRAPH_X, C.GRAPH_EDGE_INDEX} & set(index.column_names)
+    assert {"preprocess_file", "pseudo_labels_file", "vessels_file", "avr_knudtson"} <= set(index.column_names)
+    bad = pq.read_table(Path(data.path) / "status=quarantined")
+    assert bad.column("vessels_file").null_count == bad.num_rows == 3  # quarantined rows reference nothing
+    cols = [C.IMAGE_ID, C.FOLD, C.IMAGE_PNG, C.LESION_MAPS_PNG, C.GRAPH_X, "fractal_dimension"]
+    got = read_rows(data.path, cols).to_pydict()
+    assert len(got[C.IMAGE_ID]) == 13
+    pre, les, ves = (read_stage(tmp_path / s).to_pydict() for s in ("preprocess", "pseudo_labels", "vessels"))
+    for i, image_id in enumerate(got[C.IMAGE_ID]):  # every fetched value is the stage's own value of that image
+        assert got[C.IMAGE_PNG][i] == pre[C.IMAGE_PNG][pre[C.IMAGE_ID].index(image_id)]
+        assert got[C.LESION_MAPS_PNG][i] == les[C.LESION_MAPS_PNG][les[C.IMAGE_ID].index(image_id)]
+        assert got[C.GRAPH_X][i] == pytest.approx(ves[C.GRAPH_X][ves[C.IMAGE_ID].index(image_id)])
+    some = read_rows(data.path, [C.IMAGE_ID, C.GRAPH_X], ids=["synthetic/3_left"]).to_pydict()
+    assert some[C.IMAGE_ID] == ["synthetic/3_left"] and len(some[C.GRAPH_X][0]) == 6 * 6  # referable: 2 x 3 nodes
+
+
+def test_join_dedupes_a_stage_written_twice_and_removes_superseded_builds(tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from dr_ray.testing.stages import write_stage_outputs
+
+    write_stage_outputs(tmp_path)
+    first = _join(tmp_path)
+    old_v1 = tmp_path / "fusion_data" / "0123456789abcdef"  # a full-copy build of the previous format
+    old_v1.mkdir()
+    (old_v1 / "_SUCCESS.json").write_text('{"format_version": 1}')
+    ok = tmp_path / "vessels" / "status=ok"
+    shutil.copy(ok / "part_000000.parquet", ok / "zz_again.parquet")  # the same 5 rows in a second shard
+    second = _join(tmp_path)
+    assert second.path != first.path and second.written == 13  # counts unchanged: duplicates kept once
+    index = pq.read_table(second.ok_dir)
+    assert index.num_rows == len(set(index.column(C.IMAGE_ID).to_pylist())) == 13
+    assert not any(f.endswith("zz_again.parquet") for f in index.column("vessels_file").to_pylist())
+    left = sorted(p.name for p in (tmp_path / "fusion_data").iterdir())
+    assert left == [second.data_hash]  # the superseded build of the same inputs and the format-1 copy are gone
+    other = _join(tmp_path, ("vessels",))  # another stage set is not superseded by this one
+    assert sorted(p.name for p in (tmp_path / "fusion_data").iterdir()) == sorted([second.data_hash, other.data_hash])
+
+
+def test_fetch_names_a_shard_that_changed_after_the_join(tmp_path):
+    from dr_ray.pipelines.fusion_data import read_rows
+    from dr_ray.testing.stages import write_stage_outputs
+
+    write_stage_outputs(tmp_path)
+    data = _join(tmp_path)
+    (tmp_path / "vessels" / "status=ok" / "part_000000.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="part_000000.parquet: vessels shard referenced by the joined index"):
+        read_rows(data.path, [C.IMAGE_ID, C.GRAPH_X])
+
+
+@pytest.mark.ray
+def test_rows_dataset_streams_the_fold_with_fetched_columns(ray_cluster, tmp_path):
+    from dr_ray.pipelines.fusion_data import read_rows, rows_dataset
+    from dr_ray.testing.stages import write_stage_outputs
+
+    write_stage_outputs(tmp_path)
+    data = _join(tmp_path)
+    cols = [C.IMAGE_ID, C.FOLD, C.IMAGE_PNG, C.GRAPH_X]
+    ref = read_rows(data.path, cols).to_pydict()
+    rows = rows_dataset(data.path, cols, fold=1, exclude_fold=True, shuffle=True).take_all()
+    assert sorted(r[C.IMAGE_ID] for r in rows) == sorted(i for i, f in zip(ref[C.IMAGE_ID], ref[C.FOLD]) if f != 1)
+    for r in rows:
+        j = ref[C.IMAGE_ID].index(r[C.IMAGE_ID])
+        assert r[C.IMAGE_PNG] == ref[C.IMAGE_PNG][j] and list(r[C.GRAPH_X]) == pytest.approx(ref[C.GRAPH_X][j])
