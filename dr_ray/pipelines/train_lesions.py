@@ -5,7 +5,7 @@ Writes under ``<output.dir>/<train_lesions.name>/``:
     model/         saved model directory (model.pt + metadata.json, lesion kinds in the spec) of the last epoch
     encoder.pt     the segmentation encoder alone + encoder.json (a classifier's lesion branch loads it with
                    dr_ray.models.transfer.load_encoder_file / load_encoder: the poster's Table 2 transfer)
-    metrics.json   per-epoch train loss and validation AUPR / Dice per lesion
+    metrics.json   per-epoch train loss and validation AUPR / Dice / IoU / precision per lesion (and their means)
     config.yaml    the resolved config
     ray/run/       Ray Train storage: per-epoch checkpoints; a rerun with the same name resumes here
 """

@@ -2,7 +2,7 @@
 
 Writes under ``<output.dir>/<train_vessels.name>/``:
     model/         saved model directory (``save_model_dir``: model.pt + metadata.json) of the last epoch
-    metrics.json   per-epoch train loss and validation dice/auc/sensitivity/specificity/accuracy
+    metrics.json   per-epoch train loss and validation dice/iou/auc/sensitivity/specificity/precision/accuracy
     config.yaml    the resolved config
     ray/run/       Ray Train storage: per-epoch checkpoints; a second run with the same name resumes here
 """

@@ -224,8 +224,8 @@ def lesion_batches(batches):
 
 
 def evaluate_lesions(model: torch.nn.Module, batches, kinds, *, device, amp: bool, seed: int) -> dict[str, float]:
-    """Per-lesion AUPR and Dice (:class:`LesionMeter`, one per kind) over validation patch batches; a kind is
-    scored only on the images where it was annotated. Also ``aupr_mean``/``dice_mean`` over the kinds."""
+    """Per-lesion AUPR, Dice, IoU and precision (:class:`LesionMeter`, one per kind) over validation patch
+    batches; a kind is scored only on the images where it was annotated. Also ``<metric>_mean`` over the kinds."""
     from dr_ray.training.lesion_metrics import LesionMeter
     from dr_ray.training.loops import _autocast
 
@@ -243,7 +243,7 @@ def evaluate_lesions(model: torch.nn.Module, batches, kinds, *, device, amp: boo
     out: dict[str, float] = {}
     for meter in meters:
         out.update({k: v for k, v in meter.compute().items() if not k.endswith("_mean")})
-    for m in ("aupr", "dice"):
+    for m in ("aupr", "dice", "iou", "precision"):
         vals = [out[f"{m}_{k}"] for k in kinds if np.isfinite(out[f"{m}_{k}"])]
         out[f"{m}_mean"] = float(np.mean(vals)) if vals else float("nan")
     return out
