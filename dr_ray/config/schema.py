@@ -461,7 +461,9 @@ class TrainConfig:
     Data: the preprocess stage's images joined by ``image_id`` with the pseudo-label stage's lesion maps and the
     vessel stage's graphs and biomarkers (only the stages the model's modalities need), written once to
     ``<output.dir>/fusion_data/<hash>/`` and streamed from there. Patient-level K-fold cross-validation over the
-    catalog's ``fold`` column: fold k is validated on, the others are trained on.
+    catalog's ``fold`` column, nested: the model of outer fold k trains on the other folds minus an inner validation
+    split of their patients (``inner_val_fraction``), which alone drives the LR schedule, early stopping and the
+    epoch choice; fold k is scored once, after training.
 
     ``stats_features``: the biomarker columns of the stats token s (paper eq. 28). Its AVR is selectable by
     name: ``avr_parr_hubbard`` (the default, as eq. 28 says: Parr-Hubbard CRAE / CRVE, eqs. 23-25) or
@@ -502,7 +504,12 @@ class TrainConfig:
     early_stop_patience: int = 5  # stop after this many epochs without a lower validation loss (0 = never)
     class_balance: str = "weight"  # weight: inverse-frequency class weights in the loss | none
     augment: bool = True  # random flips, 90-degree rotations and brightness/contrast jitter (training rows)
-    folds: tuple[int, ...] = ()  # folds to run (each validated on itself); () = every fold (K-fold CV)
+    folds: tuple[int, ...] = ()  # outer folds to score; () = every fold (K-fold CV)
+    # Nested CV: the LR schedule, early stopping and the epoch choice read an inner validation split of this share
+    # of the outer training folds' patients (patient-level, stratified on the worst grade, seeded by train.seed);
+    # the outer test fold is scored once, by the chosen epoch's weights. One split, not inner K-fold: one model
+    # per outer fold is trained and scored, at the cost of one run (inner K-fold would cost K + 1 runs per fold).
+    inner_val_fraction: float = 0.15
     baseline: str = ""  # another train run under output.dir (its name) for the paired test per metric
     bootstrap: int = 2000  # patient-level bootstrap resamples of the pooled out-of-fold metrics in cv.json (0 = off)
     join: tuple[str, ...] = ()  # stages joined besides those the model needs (pseudo_labels, vessels): e.g. a
@@ -573,6 +580,8 @@ class TrainConfig:
                "must be weight or none")
         _check(all(0 <= f <= 99 for f in self.folds) and len(set(self.folds)) == len(self.folds), k + "folds",
                list(self.folds), "must be distinct fold numbers in 0..99")
+        _check(0.0 < self.inner_val_fraction <= 0.5, k + "inner_val_fraction", self.inner_val_fraction,
+               "must be in (0, 0.5]")
         _check(not self.baseline or _plain_name(self.baseline), k + "baseline", self.baseline,
                "must be the name of another train run under output.dir")
         _check(self.baseline != self.name, k + "baseline", self.baseline, "must differ from train.name")
@@ -622,7 +631,7 @@ _TUNABLE = ("lr", "weight_decay", "hidden_dim", "heads", "fusion_layers", "gnn_l
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """``dr-ray tune``: an ASHA search over ``train.*`` settings, each trial one Ray Train run on ``fold``.
+    """``dr-ray tune``: an ASHA search over ``train.*`` settings, each trial one Ray Train run inside ``folds``.
 
     The trial's training is ``train`` with the sampled values replaced; a campaign rerun with the same ``name``
     resumes (finished trials are kept, unfinished ones restart from their last checkpoint).
@@ -632,7 +641,9 @@ class TuneConfig:
     num_samples: int = 8  # trials
     max_concurrent: int = 1  # trials at a time; each needs train.num_workers workers (+ gpus_per_worker each)
     gpus_per_worker: float = 0.0  # GPUs per Ray Train worker of a trial; fractions share a GPU (0.5: two trials)
-    fold: int = 0  # the fold trials validate on (the others train)
+    # Outer folds the campaign may use: each trial trains and is selected on an inner split (train.inner_val_fraction)
+    # of these folds' patients; every other fold stays untouched and is what best_train.yaml cross-validates on.
+    folds: tuple[int, ...] = (0,)
     max_epochs: int = 0  # epochs per trial (ASHA's max_t); 0 = train.epochs
     metric: str = "val_auc"  # a validation metric reported each epoch (val_loss, val_auc, val_qwk, val_f1, ...)
     mode: str = "max"  # max | min
@@ -653,7 +664,8 @@ class TuneConfig:
         _check(1 <= self.num_samples <= 100_000, k + "num_samples", self.num_samples, "must be in 1..100000")
         _check(1 <= self.max_concurrent <= 1024, k + "max_concurrent", self.max_concurrent, "must be in 1..1024")
         _check(0.0 <= self.gpus_per_worker <= 8.0, k + "gpus_per_worker", self.gpus_per_worker, "must be in 0..8")
-        _check(0 <= self.fold <= 99, k + "fold", self.fold, "must be in 0..99")
+        _check(bool(self.folds) and all(0 <= f <= 99 for f in self.folds) and len(set(self.folds)) == len(self.folds),
+               k + "folds", list(self.folds), "must be one or more distinct fold numbers in 0..99")
         _check(0 <= self.max_epochs <= 100_000, k + "max_epochs", self.max_epochs, "must be in 0..100000")
         _check(self.metric.startswith("val_"), k + "metric", self.metric,
                "must be a validation metric such as val_auc, val_loss, val_qwk")

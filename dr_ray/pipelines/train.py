@@ -2,10 +2,15 @@
 cross-validation, from the joined stage outputs (:mod:`dr_ray.pipelines.fusion_data`).
 
 Writes under ``<output.dir>/<train.name>/``:
-    fold_<k>/model/   saved model directory of fold k (the epoch with the lowest validation loss); metadata
+    fold_<k>/model/   saved model directory of fold k (nested CV: the epoch with the lowest loss on the inner
+                      validation split, a patient-level share ``train.inner_val_fraction`` of the outer training
+                      folds, which also drives ReduceLROnPlateau and early stopping; fold k is never loaded
+                      during training); metadata
                       ``extra``: fold, inputs (the InputSpec evaluation decodes with), best epoch and its metrics
     cv.json           every number labelled with its split: per fold the metrics of the exported model on its outer
-                      test fold ("outer test fold k") and, apart, the numbers of the epoch choice ("selection");
+                      test fold ("outer test fold k") and, apart, the numbers of the epoch choice ("selection":
+                      inner validation), the chosen epoch, "protocol" (nested) and "patient_level" (false when
+                      some images have no patient id, :func:`dr_ray.io.folds.patient_level`);
                       "cv": mean over folds with a Student-t interval clipped to the metric's range (labelled);
                       "pooled": pooled out-of-fold metrics with patient-level bootstrap intervals (train.bootstrap
                       resamples); "comparison" against ``train.baseline`` when set (corrected resampled t per
@@ -25,7 +30,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +38,7 @@ import pyarrow.compute as pc
 
 from dr_ray.config import Config, to_dict
 from dr_ray.io import columns as C
+from dr_ray.io.folds import inner_split, patient_level
 from dr_ray.pipelines.fusion_data import FusionData, build_fusion_data, fold_datasets, read_index, stages_for
 from dr_ray.pipelines.runtime import init_ray, stage_dir, training_dir
 from dr_ray.training.fusion_data import InputSpec, class_weights, labels_for_task, stats_normalisation
@@ -45,18 +51,45 @@ CV_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1"
               "referable_auc", "referable_sensitivity", "referable_specificity", "referable_accuracy")
 
 
-def fold_spec(t, data: FusionData, modalities: Sequence[str], index: pa.Table, fold: int) -> InputSpec:
-    """The InputSpec of fold ``fold``: biomarker standardisation from that fold's training rows only."""
+def fold_spec(t, data: FusionData, modalities: Sequence[str], index: pa.Table, fold: int | None = None, *,
+              train_mask: np.ndarray | None = None) -> InputSpec:
+    """The InputSpec of one model: biomarker standardisation from its training rows only (``train_mask``, a bool
+    per ``index`` row; default: the rows outside fold ``fold``)."""
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     if "stats" in modalities:
-        train_rows = index.filter(pc.not_equal(index.column(C.FOLD), fold))
+        if train_mask is None:
+            train_mask = np.asarray(index.column(C.FOLD).to_pylist()) != fold
+        train_rows = index.filter(pa.array(np.asarray(train_mask, bool)))
         mean, std = stats_normalisation({f: train_rows.column(f).to_pylist() for f in t.stats_features},
                                         t.stats_features)
     return InputSpec(modalities=tuple(modalities), task=t.task, image_size=t.image_size, lesion_size=t.lesion_size,
                      lesion_kinds=tuple(data.lesion_kinds) if "lesion" in modalities else (),
                      stats_features=tuple(t.stats_features) if "stats" in modalities else (),
-                     stats_mean=mean, stats_std=std)
+                     stats_mean=mean, stats_std=std, image_input=t.image_input)
+
+
+class NestedSplit(NamedTuple):
+    """Bool masks over the index rows of one model: ``train`` (inner training rows) and ``val`` (the inner
+    validation split that selects); rows in neither (the outer test fold, folds left out) are never loaded."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+def nested_split(index: pa.Table, train_folds: Sequence[int], *, fraction: float, seed: int) -> NestedSplit:
+    """The inner split of the outer folds ``train_folds`` (:func:`dr_ray.io.folds.inner_split`); ValueError naming
+    ``train.inner_val_fraction`` when either side is empty."""
+    val = inner_split(index, train_folds, fraction=fraction, seed=seed)
+    train = np.isin(np.asarray(index.column(C.FOLD).to_pylist()), list(train_folds)) & ~val
+    if not train.any() or not val.any():
+        raise ValueError(f"train.inner_val_fraction={fraction}: folds {list(train_folds)} give {int(train.sum())} "
+                         f"inner training and {int(val.sum())} inner validation image(s); both must be non-empty")
+    return NestedSplit(train, val)
+
+
+def _ids_hash(ids) -> str:
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
 def _val_ids_hash(index: pa.Table, fold: int) -> str:
@@ -107,9 +140,9 @@ def export_fold_model(result, t, spec: InputSpec, model_dir: Path, *, cfg: Confi
 
 def run_train(cfg: Config) -> dict:
     """Train (or resume) every configured fold; returns the CV summary (also written to ``cv.json``)."""
+    from dr_ray.models.pretrained import check_weight_file
     from dr_ray.pipelines.cv_stats import (SPLIT_FOLD, SPLIT_FOLD_MEAN, fold_metrics, oof_table,
                                            outer_fold_predictions, pooled_summary, write_oof)
-    from dr_ray.models.pretrained import check_weight_file
     from dr_ray.training.classification_metrics import cv_summary
     from dr_ray.training.ray_fusion import classifier_kwargs, fit_fold, model_modalities, tensorboard_callback
 
@@ -135,11 +168,13 @@ def run_train(cfg: Config) -> dict:
     init_ray(cfg.ray)
     per_fold: list[dict] = []
     oof_parts = []
+    ids = np.asarray(index.column(C.IMAGE_ID).to_pylist(), dtype=object)
     for k in folds:
-        train_labels = labels[fold_col != k]
-        spec = fold_spec(t, data, modalities, index, k)
-        cw = class_weights(train_labels, t.num_classes)
-        train_ds, val_ds = fold_datasets(data, spec, k, decode_batch_size=t.decode_batch_size,
+        split = nested_split(index, [f for f in available if f != k], fraction=t.inner_val_fraction, seed=t.seed)
+        spec = fold_spec(t, data, modalities, index, train_mask=split.train)
+        cw = class_weights(labels[split.train], t.num_classes)
+        train_ds, val_ds = fold_datasets(data, spec, train_ids=ids[split.train].tolist(),
+                                         val_ids=ids[split.val].tolist(), decode_batch_size=t.decode_batch_size,
                                          decode_cpus=t.decode_cpus, augment=t.augment)
         result = fit_fold(t, spec, fold=k, datasets={"train": train_ds, "val": val_ds}, class_weights=cw.tolist(),
                           storage_path=str(out / "ray"), name=f"fold_{k}",
@@ -148,13 +183,15 @@ def run_train(cfg: Config) -> dict:
         history, best = export_fold_model(result, t, spec, out / f"fold_{k}" / "model", cfg=cfg, data=data, fold=k,
                                           weight_file=weight_file)
         row = {"fold": k, "best_epoch": best["epoch"], "epochs_run": history[-1]["epoch"],
-               "train_images": int((fold_col != k).sum()), "val_images": int((fold_col == k).sum()),
+               "train_images": int(split.train.sum()), "inner_val_images": int(split.val.sum()),
+               "inner_val_ids_hash": _ids_hash(ids[split.val]), "val_images": int((fold_col == k).sum()),
                "val_ids_hash": _val_ids_hash(index, k),
                "train_rows_per_s": float(np.mean([h["train_rows_per_s"] for h in history])),
                "busy_fraction": float(np.nanmean([h["busy_fraction"] if h["busy_fraction"] is not None else np.nan
                                                   for h in history]))}
         # the epoch choice's own numbers stay apart from the reported ones: they come from the split that selected
-        row["selection"] = {"split": "validation split of the epoch choice (early stopping, LR schedule)",
+        row["selection"] = {"split": "inner validation (selection only): patient-level split of the outer training "
+                                     f"folds; it chose epoch {best['epoch']} and drove early stopping and the LR schedule",
                             **{m: best.get(f"val_{m}") for m in CV_METRICS if f"val_{m}" in best}}
         # the reported numbers: the exported (chosen-epoch) model, once, on its outer test fold
         preds, counts = outer_fold_predictions(cfg, str(out / f"fold_{k}" / "model"), k, out / "oof" / f"fold_{k}")
@@ -171,6 +208,10 @@ def run_train(cfg: Config) -> dict:
     summary = {
         "name": t.name, "model": t.model, "task": t.task, "modalities": list(modalities),
         "model_kwargs": classifier_kwargs(t), "folds": per_fold,
+        "protocol": {"nested": True, "inner_val_fraction": t.inner_val_fraction, "inner_split_seed": t.seed,
+                     "note": "each outer fold is scored once by a model whose LR schedule, early stopping and epoch "
+                             "choice read only an inner validation split of the outer training folds"},
+        **patient_level(index),
         "cv": cv_summary([{m: f.get(m) for m in CV_METRICS if m in f} for f in per_fold]),
         "cv_split": f"{SPLIT_FOLD_MEAN}; Student t interval over folds, clipped to the metric's range",
         "pooled": pooled_summary(oof, n_boot=t.bootstrap, seed=t.seed),
@@ -194,4 +235,5 @@ def run_train(cfg: Config) -> dict:
     return summary
 
 
-__all__ = ["CV_FILE", "CV_METRICS", "compare_with_baseline", "export_fold_model", "fold_spec", "run_train"]
+__all__ = ["CV_FILE", "CV_METRICS", "NestedSplit", "compare_with_baseline", "export_fold_model", "fold_spec",
+           "nested_split", "run_train"]

@@ -1,5 +1,7 @@
-"""``dr-ray tune``: an ASHA campaign over ``train.*`` settings (``tune.space``), each trial one Ray Train run on
-``tune.fold`` of the joined data.
+"""``dr-ray tune``: an ASHA campaign over ``train.*`` settings (``tune.space``), each trial one Ray Train run inside
+the outer folds ``tune.folds`` of the joined data (nested: trials train on the inner training rows of those folds and
+are compared, stopped and selected on their inner validation split, ``train.inner_val_fraction`` of their patients;
+no row of another fold is ever loaded).
 
 Writes under ``<output.dir>/<tune.name>/``:
     campaign/          the Ray Tune experiment (trial folders with TensorBoard files, Tune's default logger); a
@@ -8,8 +10,9 @@ Writes under ``<output.dir>/<tune.name>/``:
     trials/            the trials' Ray Train storage (checkpoints), one run per trial id
     results.parquet    one row per trial: its best epoch by ``tune.metric``, the sampled settings, status
     results.csv        the same table
-    best_train.yaml    the whole resolved config with ``train`` set to the best trial's settings: run it with
-                       ``dr-ray train --config <this file>`` (cross-validation over every fold)
+    best_train.yaml    the whole resolved config with ``train`` set to the best trial's settings and ``train.folds``
+                       to the untouched folds (every fold not in ``tune.folds``): ``dr-ray train --config <this
+                       file>`` scores only folds the campaign never saw
     config.yaml        the resolved config of the campaign
 """
 
@@ -29,7 +32,8 @@ from dr_ray.config.schema import TrainConfig
 from dr_ray.io import columns as C
 from dr_ray.pipelines.fusion_data import FusionData, build_fusion_data, fold_datasets, read_index, stages_for
 from dr_ray.pipelines.runtime import init_ray, training_dir
-from dr_ray.pipelines.train import fold_spec
+from dr_ray.io.folds import patient_level
+from dr_ray.pipelines.train import NestedSplit, fold_spec, nested_split
 from dr_ray.training.fusion_data import class_weights, labels_for_task
 from dr_ray.training.tune import TRIAL_RESOURCES, asha, check_space, choices, search_space, trial_train_config
 
@@ -64,16 +68,18 @@ def _trial(config: dict, *, ctx: dict) -> None:
         t = dataclasses.replace(t, use_gpu=True)
     data: FusionData = ctx["data"]
     index: pa.Table = ctx["index"]
-    fold = int(ctx["fold"])
     modalities = model_modalities(t)
-    spec = fold_spec(t, data, modalities, index, fold)
+    # the campaign's inner split (drawn once by run_tune from the tuning folds only): the same for every trial
+    split = NestedSplit(np.asarray(ctx["train_mask"], bool), np.asarray(ctx["val_mask"], bool))
+    spec = fold_spec(t, data, modalities, index, train_mask=split.train)
     labels = labels_for_task(index.column(C.GRADE).to_pylist(), t.task)
-    train_labels = labels[np.asarray(index.column(C.FOLD).to_pylist()) != fold]
-    train_ds, val_ds = fold_datasets(data, spec, fold, decode_batch_size=t.decode_batch_size,
-                                     decode_cpus=t.decode_cpus, augment=t.augment)
+    ids = np.asarray(index.column(C.IMAGE_ID).to_pylist(), dtype=object)
+    train_ds, val_ds = fold_datasets(data, spec, train_ids=ids[split.train].tolist(), val_ids=ids[split.val].tolist(),
+                                     decode_batch_size=t.decode_batch_size, decode_cpus=t.decode_cpus,
+                                     augment=t.augment)
     resources = {"CPU": t.cpus_per_worker, **({"GPU": gpus} if gpus > 0 else {})}
-    fit_fold(t, spec, fold=fold, datasets={"train": train_ds, "val": val_ds},
-             class_weights=class_weights(train_labels, t.num_classes).tolist(), storage_path=ctx["storage"],
+    fit_fold(t, spec, fold=-1, datasets={"train": train_ds, "val": val_ds},
+             class_weights=class_weights(labels[split.train], t.num_classes).tolist(), storage_path=ctx["storage"],
              name=f"trial_{trial_id}", callbacks=[TuneReportCallback()], resources_per_worker=resources)
 
 
@@ -113,13 +119,23 @@ def run_tune(cfg: Config) -> dict:
     check_space(t, tc.space)
     out = training_dir(cfg, tc.name, "tune")
     data = build_fusion_data(cfg, campaign_stages(cfg))
-    index = read_index(data, t.stats_features)
+    index = read_index(data, t.stats_features if "vessels" in data.stages else ())  # biomarkers only when joined
     folds = sorted(int(f) for f in set(index.column(C.FOLD).to_pylist()) if f is not None)
-    if tc.fold not in folds:
-        raise ValueError(f"tune.fold={tc.fold}: the joined data has folds {folds}")
+    missing = [f for f in tc.folds if f not in folds]
+    untouched = [f for f in folds if f not in tc.folds]
+    if missing:
+        raise ValueError(f"tune.folds={list(tc.folds)}: folds {missing} are not in the joined data (folds {folds})")
+    if not untouched:
+        raise ValueError(f"tune.folds={list(tc.folds)} uses every fold of the data ({folds}): leave at least one "
+                         f"outer fold untouched for best_train.yaml to be scored on")
+    if len(untouched) < 2:
+        log.warning("tune %s: only fold %s stays untouched: best_train.yaml scores one outer fold (no CV spread)",
+                    tc.name, untouched)
+    # nested: trials train and are selected inside the tuning folds only; no row of another fold is ever loaded
+    split = nested_split(index, tc.folds, fraction=t.inner_val_fraction, seed=t.seed)
     init_ray(cfg.ray)
-    ctx = {"train": t, "data": data, "index": index, "fold": tc.fold, "storage": str(out / "trials"),
-           "gpus_per_worker": tc.gpus_per_worker}
+    ctx = {"train": t, "data": data, "index": index, "train_mask": split.train.tolist(),
+           "val_mask": split.val.tolist(), "storage": str(out / "trials"), "gpus_per_worker": tc.gpus_per_worker}
     trainable = ray.tune.with_resources(ray.tune.with_parameters(_trial, ctx=ctx), TRIAL_RESOURCES)
     path = out / EXPERIMENT
     if ray.tune.Tuner.can_restore(str(path)):
@@ -152,6 +168,9 @@ def run_tune(cfg: Config) -> dict:
     if not ok:
         raise RuntimeError(f"tune {tc.name}: every trial failed: {errors[:3]}")
     df = results_table(results, tc.metric, tc.mode)
+    flag = patient_level(index)
+    df["selection_split"] = f"inner validation of folds {list(tc.folds)}"
+    df["patient_level"] = flag["patient_level"]
     df.to_parquet(out / "results.parquet", index=False)
     df.to_csv(out / "results.csv", index=False)
     try:
@@ -159,18 +178,26 @@ def run_tune(cfg: Config) -> dict:
     except RuntimeError as e:  # every trial's metric was NaN
         raise ValueError(f"tune {tc.name}: {tc.metric} is undefined in every trial ({e}); an AUC is undefined on a "
                          f"validation fold with one class: use tune.metric=val_loss (mode min) or more data") from e
-    # the best settings, cross-validated on every fold (the campaign saw one)
-    best_train = trial_train_config(cfg.train, {**best.config, "folds": []}, name=f"{tc.name}_best")
+    # the best settings, cross-validated on the outer folds the campaign never loaded; the tuning folds train
+    # (they are in every untouched fold's training folds) but are never scored
+    best_train = trial_train_config(cfg.train, {**best.config, "folds": untouched}, name=f"{tc.name}_best")
     best_cfg = to_dict(cfg)
     best_cfg["train"] = to_dict(best_train)
     best_path = out / "best_train.yaml"
-    header = (f"# Best trial of the tune campaign {tc.name!r} ({tc.metric} {tc.mode}) on fold {tc.fold}:\n"
+    header = (f"# Best trial of the tune campaign {tc.name!r} ({tc.metric} {tc.mode} on the inner validation split "
+              f"of folds {list(tc.folds)}).\n"
+              f"# train.folds = {untouched}: the outer folds the campaign never loaded, so their scores are not\n"
+              f"# selected on; folds {list(tc.folds)} chose the settings and must not be scored with them.\n"
               f"#   dr-ray train --config {best_path}\n")
     best_path.write_text(header + yaml.safe_dump(best_cfg, sort_keys=False))
     best_metrics = best.metrics_dataframe
     best_value = (best_metrics[tc.metric].max() if tc.mode == "max" else best_metrics[tc.metric].min()) \
         if best_metrics is not None and tc.metric in best_metrics else None
     return {"name": tc.name, "trials": len(results), "completed": len(ok), "errors": errors,
+            "tuning_folds": list(tc.folds), "untouched_folds": untouched,
+            "selection_split": f"inner validation: {int(split.val.sum())} images, a patient-level "
+                               f"{t.inner_val_fraction} share of folds {list(tc.folds)}",
+            **flag,
             "best": {"config": best.config, tc.metric: None if best_value is None else float(best_value),
                      "path": best.path},
             "results_path": str(out / "results.parquet"), "results_csv": str(out / "results.csv"),

@@ -3,7 +3,8 @@
 Data arrive as Ray Data shards (``get_dataset_shard("train")`` split equally over the workers for DDP,
 ``"val"`` split unequally so that every validation row is scored exactly once), decoded and augmented by Ray Data
 CPU tasks, batched with :func:`dr_ray.training.fusion_data.collate` (vessel graphs as a torch_geometric ``Batch``).
-Each epoch: train (DDP), predict the validation shard on every worker, gather the predictions so that all
+Each epoch: train (DDP), predict the validation shard (nested CV: the inner validation split of the outer training
+folds, never the outer test fold; see :func:`dr_ray.pipelines.train.nested_split`) on every worker, gather the predictions so that all
 workers compute the same metrics, step ``ReduceLROnPlateau`` on the validation loss, early-stop (paper 4.2), and
 report with a checkpoint: ``state.pt`` (model, optimizer, scheduler, early stopping, epochs done), ``best.pt`` (the
 weights of the epoch with the lowest validation loss) and ``history.json``. A replaced worker (``FailureConfig``)

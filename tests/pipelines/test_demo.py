@@ -70,7 +70,8 @@ def test_demo_train_tune_evaluate_outputs(demo):
     assert {"config/lr", "config/dropout", "val_loss", "val_auc", "epochs"} <= set(res.columns)
     assert res["val_loss"].is_monotonic_increasing  # best (lowest val_loss: tune.metric in the smoke) first
     best = load_config(out / "tune_smoke" / "best_train.yaml")  # ready to run: a complete, valid config
-    assert best.train.name == "tune_smoke_best" and best.train.folds == ()
+    # nested: the campaign used tune.folds (0) only; best_train.yaml scores the untouched folds
+    assert best.train.name == "tune_smoke_best" and best.train.folds and 0 not in best.train.folds
     top = res.iloc[0]
     assert best.train.lr == pytest.approx(top["config/lr"]) and best.train.dropout == pytest.approx(
         top["config/dropout"])

@@ -131,15 +131,23 @@ def test_kfold_training_exports_the_best_epoch_with_cv_and_paired_test(stages, f
     assert all(len(client.get_metric_history(r.info.run_id, "val_loss")) == 2 for r in runs)
     assert runs[0].data.params["train.model"] == "graph_fusion"
 
-    # the exported model is the best epoch's: its validation loss reproduces the one recorded for that epoch
+    # the exported model is the best epoch's: its loss on the inner validation split (nested CV: drawn from the
+    # outer training fold 0 only) reproduces the one recorded for that epoch
     model, meta = load_model_dir(stages / "gf" / "fold_1" / "model")
     spec = InputSpec.from_dict(meta["extra"]["inputs"])
     assert spec.stats_features == ("avr_parr_hubbard", "fractal_dimension", "glcm_contrast", "glcm_entropy")
     from dr_ray.pipelines.fusion_data import read_rows
 
     data_dir = Path(meta["extra"]["fusion_data"]) / "status=ok"
+    from dr_ray.pipelines.train import nested_split
+
+    index = pq.read_table(data_dir, columns=[C.IMAGE_ID, C.PATIENT_ID, C.GRADE, C.FOLD])
+    split = nested_split(index, [0], fraction=0.15, seed=0)  # train.inner_val_fraction, train.seed defaults
+    inner_val = set(np.asarray(index.column(C.IMAGE_ID).to_pylist(), dtype=object)[split.val])
+    assert inner_val and all(f == 0 for i, f in zip(index.column(C.IMAGE_ID).to_pylist(),
+                                                     index.column(C.FOLD).to_pylist()) if i in inner_val)
     rows = read_rows(meta["extra"]["fusion_data"], spec.columns()).to_pydict()
-    keep = [i for i, f in enumerate(rows[C.FOLD]) if f == 1]
+    keep = [i for i, iid in enumerate(rows[C.IMAGE_ID]) if iid in inner_val]
     rows = {k: [v[i] for i in keep] for k, v in rows.items()}
     ids, labels, probs = predict(model, batches_from_rows(rows, spec, 4), "cpu", mean=model.spec.mean,
                                  std=model.spec.std)
@@ -147,8 +155,8 @@ def test_kfold_training_exports_the_best_epoch_with_cv_and_paired_test(stages, f
     best = meta["extra"]["metrics"]
     from dr_ray.training.fusion_data import class_weights, labels_for_task
 
-    all_rows = pq.read_table(data_dir, columns=[C.GRADE, C.FOLD]).to_pydict()
-    train_labels = labels_for_task([g for g, f in zip(all_rows[C.GRADE], all_rows[C.FOLD]) if f != 1], "referable")
+    train_labels = labels_for_task(np.asarray(index.column(C.GRADE).to_pylist(), dtype=object)[split.train].tolist(),
+                                   "referable")
     w = class_weights(train_labels, 2)
     assert weighted_nll(labels, probs, w) == pytest.approx(best["val_loss"], rel=1e-4)
     assert best["epoch"] == meta["extra"]["best_epoch"] and hist["train_data_hash"] == meta["train_data_hash"]
