@@ -406,7 +406,7 @@ def _crash_types() -> tuple[type, ...]:
     return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
 
 
-def bounded_data_context(ray_cfg):
+def bounded_data_context(ray_cfg, *, drop_failed_blocks: bool = True):
     """A copy of the current Ray Data context for a stage run: blocks whose task failed after
     ``ray.max_task_retries`` are dropped instead of failing the job (their rows then go through
     :func:`isolate_missing`), an actor pool that cannot start fails after ``ray.actor_start_timeout_s``, and
@@ -414,7 +414,7 @@ def bounded_data_context(ray_cfg):
     import ray
 
     ctx = ray.data.DataContext.get_current().copy()
-    ctx.max_errored_blocks = -1
+    ctx.max_errored_blocks = -1 if drop_failed_blocks else 0  # 0: fail the job (no isolated pass follows)
     ctx.wait_for_min_actors_s = int(ray_cfg.actor_start_timeout_s)
     ctx.execution_no_progress_timeout_s = float(ray_cfg.no_progress_timeout_s)
     return ctx

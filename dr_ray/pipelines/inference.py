@@ -12,7 +12,6 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from dr_ray.config import Config, dump_yaml
 from dr_ray.imaging import ImageDecodeError, decode_png
@@ -158,11 +157,14 @@ class ModelActor:
         return out
 
 
-def map_model_actor(ds, actor_cls: type, section, *, model_hash: str, **constructor_kwargs):
+def map_model_actor(ds, actor_cls: type, section, *, model_hash: str, ray_cfg=None, **constructor_kwargs):
     """``ds.map_batches`` over an actor pool of ``actor_cls`` configured by a stage's config ``section`` (its
     ``model_dir``, ``batch_size``, ``actors``, ``gpus_per_actor``, ``cpus_per_actor``, ``amp_bf16``); extra
-    keyword arguments go to the actor's constructor."""
+    keyword arguments go to the actor's constructor. With ``ray_cfg`` (the ``ray`` section) each actor call
+    is retried at most ``ray.max_task_retries`` times (Ray Data's default: forever)."""
     import ray
+
+    from dr_ray.pipelines.commit import actor_retry_args
 
     return ds.map_batches(
         actor_cls,
@@ -174,18 +176,20 @@ def map_model_actor(ds, actor_cls: type, section, *, model_hash: str, **construc
         fn_constructor_kwargs={"model_dir": section.model_dir, "use_gpu": section.gpus_per_actor > 0,
                                "amp_bf16": section.amp_bf16, "threads": int(section.cpus_per_actor),
                                "model_hash": model_hash, **constructor_kwargs},
+        **(actor_retry_args(ray_cfg) if ray_cfg is not None else {}),
     )
 
 
 def read_input_index(input_dir: str) -> pa.Table:
     """Catalog columns of the preprocess stage's ``status=ok`` rows (no image bytes): a model stage's input rows."""
+    from dr_ray.pipelines.runtime import read_committed
+
     ok_dir = fs.join(input_dir, f"{C.STATUS}={C.STATUS_OK}")
     if not fs.is_dir(ok_dir):
         raise FileNotFoundError(f"{ok_dir} not found: run `dr-ray preprocess` first, or point the stage's input "
                                 f"to a preprocess stage folder")
-    filesystem, inner = fs.resolve(ok_dir)
-    dataset = pads.dataset(inner, filesystem=filesystem, format="parquet")
-    return dataset.to_table(columns=list(C.CATALOG_COLUMNS)).cast(C.CATALOG_SCHEMA)
+    # committed shards only, one row per image id (dr_ray.pipelines.commit)
+    return read_committed(input_dir, list(C.CATALOG_COLUMNS)).cast(C.CATALOG_SCHEMA)
 
 
 def preprocess_fov_margin(input_dir: str, key: str) -> float:
@@ -217,41 +221,49 @@ def check_model_dir(model_dir: str, key: str, how: str) -> str:
 
 def run_model_stage(cfg: Config, *, stage: str, input_dir: str, cfg_hash: str, what: str,
                     build: Callable) -> StageSummary:
-    """Preprocessed rows not done yet -> ``build(ds)`` -> ``<output.dir>/<stage>/status=*/``; refuses a rerun
-    with other settings (``what`` names them) before writing anything; returns the reconciled summary."""
+    """Preprocessed rows not done yet -> ``build(ds)`` -> commits under ``<output.dir>/<stage>/status=*/`` (one
+    writer: :class:`~dr_ray.pipelines.commit.StageLease`); refuses a rerun with other settings (``what`` names
+    them) or other input rows before writing anything; returns the reconciled summary."""
     import ray
+
+    from dr_ray.pipelines.commit import StageLease, bounded_data_context, run_commits, with_context
+    from dr_ray.pipelines.runtime import check_shared_storage, committed_paths
 
     inputs = read_input_index(input_dir)
     out = stage_dir(cfg.output.dir, stage)
-    before = scan_outputs(out)
-    check_resumable(before.table, cfg_hash, out, cfg.output.resume, what=what)
-    fs.makedirs(out)
-    fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
-    done = before.ids()
-    todo = inputs.filter(pc.invert(pc.is_in(inputs.column(C.IMAGE_ID), value_set=done)))
-    already = inputs.num_rows - todo.num_rows
-    log.info("%s: %d preprocessed images in %s, %d done by earlier runs, %d to process -> %s",
-             stage, inputs.num_rows, input_dir, already, todo.num_rows, out)
+    with StageLease([out], ttl_s=cfg.output.lease_ttl_s) as lease:
+        before = scan_outputs(out, run_id=lease.run_id)
+        check_resumable(before.table, cfg_hash, out, cfg.output.resume, what=what, catalog=inputs)
+        fs.makedirs(out)
+        fs.write_text(fs.join(out, "config.yaml"), dump_yaml(cfg))
+        done = before.ids()
+        todo = inputs.filter(pc.invert(pc.is_in(inputs.column(C.IMAGE_ID), value_set=done)))
+        already = inputs.num_rows - todo.num_rows
+        log.info("%s: %d preprocessed images in %s, %d done by earlier runs, %d to process -> %s (run %s)",
+                 stage, inputs.num_rows, input_dir, already, todo.num_rows, out, lease.run_id)
 
-    elapsed = 0.0
-    if todo.num_rows:
-        from ray.data.expressions import col
+        elapsed = 0.0
+        if todo.num_rows:
+            from ray.data.expressions import col
 
-        init_ray(cfg.ray)
-        # Blocks of at most ray.rows_per_file rows: Ray Data would otherwise merge small shards into one read
-        # task, and a crash would then lose (and a resume redo) everything that task had done.
-        ds = ray.data.read_parquet(fs.join(input_dir, f"{C.STATUS}={C.STATUS_OK}"), partitioning=None,
-                                   override_num_blocks=max(1, -(-inputs.num_rows // cfg.ray.rows_per_file)))
-        ds = ds.select_columns(INPUT_COLUMNS)
-        if already:
-            ds = ds.filter(expr=~col(C.IMAGE_ID).is_in(done.to_pylist()))
-        ds = build(ds)
-        t0 = time.perf_counter()
-        ds.write_parquet(out, partition_cols=[C.STATUS])
-        elapsed = time.perf_counter() - t0
+            init_ray(cfg.ray)
+            check_shared_storage(out)
+            t0 = time.perf_counter()
+            # no isolated second pass here yet: a block whose actor calls all failed fails the job (bounded)
+            with with_context(bounded_data_context(cfg.ray, drop_failed_blocks=False)):
+                # Blocks of at most ray.rows_per_file rows: Ray Data would otherwise merge small shards into one
+                # read task, and a crash would then lose (and a resume redo) everything that task had done.
+                ds = ray.data.read_parquet(committed_paths(input_dir), partitioning=None,
+                                           override_num_blocks=max(1, -(-inputs.num_rows // cfg.ray.rows_per_file)))
+                ds = ds.select_columns(INPUT_COLUMNS)
+                # the input index is deduplicated; the shards may hold an id twice only before their stage finished
+                ds = ds.filter(expr=col(C.IMAGE_ID).is_in(todo.column(C.IMAGE_ID).to_pylist()))
+                ds = build(ds)
+                run_commits(ds, out, run_id=lease.run_id, rows_per_file=cfg.ray.rows_per_file, ray_cfg=cfg.ray)
+            elapsed = time.perf_counter() - t0
 
-    return finish_stage(stage, inputs, before, out, label_problems=0, already_done=already,
-                        processed_now=todo.num_rows, run_seconds=elapsed)
+        return finish_stage(stage, inputs, before, out, label_problems=0, already_done=already,
+                            processed_now=todo.num_rows, run_seconds=elapsed, run_id=lease.run_id)
 
 
 __all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "map_model_actor", "preprocess_fov_margin",

@@ -121,7 +121,7 @@ def build_pseudo_labels_pipeline(ds, cfg: Config, *, cfg_hash: str, model_hash: 
     """Preprocessed rows -> pseudo-label rows (lazy: nothing runs until the dataset is written)."""
     p = cfg.pseudo_labels
     return map_model_actor(ds, PseudoLabeler, p, model_hash=model_hash, cfg=p, cfg_hash=cfg_hash,
-                           fov_margin=fov_margin)
+                           fov_margin=fov_margin, ray_cfg=cfg.ray)
 
 
 def run_pseudo_labels(cfg: Config) -> StageSummary:

@@ -180,13 +180,14 @@ def analyse_batch(batch: pa.Table, *, cfg: VesselsConfig, cfg_hash: str, fov_mar
 def build_vessels_pipeline(ds, cfg: Config, *, cfg_hash: str, model_hash: str, fov_margin: float):
     """Preprocessed rows -> vessel rows (lazy: nothing runs until the dataset is written)."""
     v = cfg.vessels
-    ds = map_model_actor(ds, VesselSegmenter, v, model_hash=model_hash, input_size=v.input_size)
+    ds = map_model_actor(ds, VesselSegmenter, v, model_hash=model_hash, input_size=v.input_size, ray_cfg=cfg.ray)
     return ds.map_batches(
         analyse_batch,
         batch_format="pyarrow",
         batch_size=v.graph_batch_size,
         num_cpus=v.graph_cpus_per_task,
         fn_kwargs={"cfg": v, "cfg_hash": cfg_hash, "fov_margin": fov_margin, "threads": v.graph_cpus_per_task},
+        max_retries=cfg.ray.max_task_retries,  # bounded: Ray Data's default retries a dying task forever
     )
 
 
