@@ -182,6 +182,52 @@ def test_input_spec_round_trip_and_checks():
     assert C.GRAPH_X in s.columns() and "fractal_dimension" in s.columns()
 
 
+@pytest.mark.parametrize("image_input,column", [("segmented", C.VESSEL_PROB_PNG), ("canny", C.CANNY_PNG)])
+def test_image_input_decodes_the_one_channel_map_as_the_image(image_input, column):
+    """train.image_input: the vessel probability (graph paper 3.3) / Canny map becomes the 3-channel image; it
+    moves with the lesion maps under augmentation but gets no brightness / contrast jitter."""
+    rows = _rows(n=1, size=64, map_size=64)
+    grey = np.zeros((64, 64), np.uint8)
+    grey[4:8, 8:12] = 200  # under the RGB image's bright block, another value
+    rows[column] = [encode_png(grey)]
+    m = np.zeros((4, 64, 64), np.uint8)
+    m[1, 4:8, 8:12] = 255
+    rows[C.LESION_MAPS_PNG] = [encode_lesion_maps(m)]
+    spec = _spec(image_size=64, lesion_size=64, image_input=image_input)
+    assert column in spec.columns() and C.IMAGE_PNG in spec.columns()
+    out = decode_rows(rows, spec)
+    np.testing.assert_array_equal(out["image"][0], np.repeat(grey[:, :, None], 3, axis=2))
+    for seed in range(6):
+        aug = decode_rows(rows, spec, augment=True, rng=np.random.default_rng(seed))["image"][0]
+        assert set(np.unique(aug)) == {0, 200}  # values untouched: no photometric jitter on a map
+        np.testing.assert_array_equal(aug[:, :, 0] == 200, decode_rows(rows, spec, augment=True, rng=np.random.default_rng(
+            seed))["lesion"][0, 1] > 128)
+    rows[column] = [None]
+    with pytest.raises(ValueError, match=f"img0: {column} is missing \\(train.image_input={image_input}\\)"):
+        decode_rows(rows, spec)
+    assert InputSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "image_input"}).image_input == "clahe"
+    with pytest.raises(ValueError, match="image_input must be one of"):
+        _spec(image_input="tophat")
+
+
+def test_join_quarantines_rows_without_the_image_input_map():
+    import pyarrow as pa
+
+    from dr_ray.pipelines.fusion_data import fusion_schema, mark_rows
+
+    schema = fusion_schema([], "canny")
+    assert schema.names[-1] == C.CANNY_PNG
+    batch = pa.table({n: pa.nulls(2, schema.field(n).type) for n in schema.names})
+    batch = batch.set_column(schema.get_field_index(C.IMAGE_ID), C.IMAGE_ID, pa.array(["a", "b"]))
+    batch = batch.set_column(schema.get_field_index(C.GRADE), C.GRADE, pa.array([1, 2], schema.field(C.GRADE).type))
+    batch = batch.set_column(schema.get_field_index(C.CANNY_PNG), C.CANNY_PNG, pa.array([b"png", None]))
+    out = mark_rows(batch, stages=[], schema=schema, data_hash="h", stage_errors={}, stage_paths={},
+                    image_column=C.CANNY_PNG)
+    assert out.column(C.STATUS).to_pylist() == [C.STATUS_OK, C.STATUS_QUARANTINED]
+    assert out.column(C.ERROR).to_pylist()[1] == ("b: no canny_png: the preprocess stage ran without "
+                                                  "preprocess.extra_maps: [canny] (train.image_input=canny)")
+
+
 # --- the joined index (dr_ray.pipelines.fusion_data): small columns in the driver, big ones fetched -------------
 
 def _join(root, stages=("pseudo_labels", "vessels"), **kw):
