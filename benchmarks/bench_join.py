@@ -80,6 +80,7 @@ def one(which: str, root: Path, old_rev: str) -> dict:
 
         read_cols = {C.IMAGE_ID, *C.CATALOG_COLUMNS, C.CONFIG_HASH, C.SIZE,
                      *[c for s in stages for c in mod.STAGE_COLUMNS[s] if c not in mod._BULKY]}
+    import dr_ray.training.fusion_data  # noqa: F401 - its torch/cv2 imports are not the join's memory
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     data = mod.build_fusion_data(cfg, stages)
