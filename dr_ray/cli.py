@@ -16,10 +16,11 @@ from dr_ray.config import Config, ConfigError, load_config
 log = logging.getLogger("dr_ray")
 
 # Per stage: a run small enough for CI and a first try.
+# 4 patients in 2 folds: each fold's training side keeps >= 2 patients for the inner validation split (nested CV)
 _DATA_SMOKE = (
-    "data.limit=8",
+    "data.limit=11",
     "data.folds=2",
-    "data.synthetic.n_patients=3",
+    "data.synthetic.n_patients=4",
     "data.synthetic.width=768",
     "data.synthetic.height=512",
 )

@@ -42,8 +42,8 @@ def test_demo_prints_every_stage_and_the_report(demo):
 def test_demo_stage_outputs_reconcile(demo):
     out, _ = demo
     pre = json.loads((out / "preprocess" / "summary.json").read_text())
-    # smoke: 3 synthetic patients (6 images) + 3 broken files, limit 8 -> 8 rows in
-    assert pre["catalog_rows"] == 8 and pre["reconciles"] and pre["label_problems"] == 1
+    # smoke: 4 synthetic patients (8 images) + 3 broken files, limit 11 -> 11 rows in
+    assert pre["catalog_rows"] == 11 and pre["reconciles"] and pre["label_problems"] == 1
     for stage in ("vessels", "pseudo_labels"):
         s = json.loads((out / stage / "summary.json").read_text())
         assert s["reconciles"] and s["catalog_rows"] == pre["written"], stage

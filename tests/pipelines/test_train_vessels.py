@@ -85,7 +85,7 @@ def test_run_train_vessels_writes_model_metrics_checkpoints_and_resumes(ray_clus
 def test_smoke_overrides_are_per_stage_and_make_the_drive_config_a_cpu_run():
     from dr_ray.cli import SMOKE_OVERRIDES, build_parser
 
-    assert SMOKE_OVERRIDES["preprocess"] == ("data.limit=8", "data.folds=2", "data.synthetic.n_patients=3",
+    assert SMOKE_OVERRIDES["preprocess"] == ("data.limit=11", "data.folds=2", "data.synthetic.n_patients=4",
                                              "data.synthetic.width=768", "data.synthetic.height=512",
                                              "preprocess.size=256")
     assert not any(o.startswith("train_vessels.") for o in SMOKE_OVERRIDES["preprocess"])
