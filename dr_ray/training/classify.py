@@ -81,7 +81,15 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, Any]], optimize
     total_loss, correct, rows, steps = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     channels_last = device.type == "cuda"
+    # BatchNorm cannot train on one sample: a trailing one-row batch (rows % batch_size == 1, common once the
+    # inner validation split takes its patients) is skipped, like drop_last for that remainder only. Ray Train's
+    # shards are equal-sized, so every DDP rank skips the same step.
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    skipped = 0
     for batch in timed:
+        if has_bn and int(batch["label"].shape[0]) < 2:
+            skipped += 1
+            continue
         b = to_device(batch, device, mean=mean, std=std, channels_last=channels_last)
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, amp):
@@ -99,7 +107,8 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, Any]], optimize
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     if steps == 0:
-        raise ValueError("batches: empty, no training step was taken (no training rows in this shard?)")
+        raise ValueError("batches: empty, no training step was taken (no training rows in this shard, or only "
+                         f"{skipped} one-row batch(es), which BatchNorm cannot train on)")
     seconds = time.perf_counter() - t0
     return {"loss": total_loss / rows, "accuracy": correct / rows, "rows": float(rows), "steps": float(steps),
             "seconds": seconds, "wait_seconds": timed.wait_s,

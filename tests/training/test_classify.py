@@ -118,3 +118,21 @@ def test_tune_config_from_yaml(tmp_path):
         load_config(None, ["tune.space=[{key: lr, kind: uniform, low: 1, high: 0.5}]"])
     with pytest.raises(ConfigError, match="train.baseline"):
         load_config(None, ["train.baseline=train"])
+
+
+def test_train_epoch_skips_a_trailing_one_row_batch_under_batchnorm():
+    """9 rows in batches of 4: BatchNorm cannot train on the last 1-row batch; it is skipped, not a crash."""
+    from dr_ray.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("timm_classifier", backbone="resnet18", input_size=32, num_classes=2, dropout=0.0)
+    spec = InputSpec(modalities=("image",), task="referable", image_size=32)
+    rows = {k: v[:9] for k, v in _toy_rows().items()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    out = train_epoch(model, batches_from_rows(rows, spec, 4), opt, loss_function(None, "cpu"), "cpu",
+                      mean=model.spec.mean, std=model.spec.std)
+    assert out["rows"] == 8 and out["steps"] == 2
+    one = {k: v[:1] for k, v in rows.items()}
+    with pytest.raises(ValueError, match="one-row batch"):
+        train_epoch(model, batches_from_rows(one, spec, 4), opt, loss_function(None, "cpu"), "cpu",
+                    mean=model.spec.mean, std=model.spec.std)
