@@ -188,6 +188,7 @@ def test_missing_model_or_input_are_clear_errors(preprocessed, model_dir, tmp_pa
 def test_partial_and_crashed_runs_resumed_equal_a_clean_run(preprocessed, model_dir, threshold, tmp_path):
     import shutil
 
+    from dr_ray.pipelines.commit import COMMITS_DIR, parse_part_name
     from dr_ray.pipelines.vessels import run_vessels
 
     clean_dir, resumed_dir = tmp_path / "clean", tmp_path / "resumed"
@@ -199,6 +200,10 @@ def test_partial_and_crashed_runs_resumed_equal_a_clean_run(preprocessed, model_
     subset = tmp_path / "subset" / "preprocess"
     (subset / "status=ok").mkdir(parents=True)
     shutil.copy(files[0], subset / "status=ok" / files[0].name)
+    # a committed shard is its file plus the commit marker naming it (dr_ray.pipelines.commit)
+    key = parse_part_name(files[0].name)[0]
+    (subset / COMMITS_DIR).mkdir()
+    shutil.copy(preprocessed / COMMITS_DIR / f"{key}.json", subset / COMMITS_DIR / f"{key}.json")
     shutil.copy(preprocessed / "config.yaml", subset / "config.yaml")
     first = run_vessels(_cfg(subset, model_dir, resumed_dir, threshold=threshold))
     partial = first.written + first.quarantined
