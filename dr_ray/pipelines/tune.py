@@ -62,6 +62,9 @@ def _trial(config: dict, *, ctx: dict) -> None:
     from dr_ray.training.ray_fusion import fit_fold, model_modalities
 
     trial_id = ray.tune.get_context().get_trial_id()
+    # A trial runs in its own process, whose Ray Data context is the default one: carry over the driver's block
+    # ordering, so a campaign with preserve_order feeds each trial the batches `dr-ray train` would (reproducible).
+    ray.data.DataContext.get_current().execution_options.preserve_order = bool(ctx.get("preserve_order", False))
     t: TrainConfig = trial_train_config(ctx["train"], config)
     gpus = float(ctx["gpus_per_worker"])
     if gpus > 0:
@@ -135,7 +138,8 @@ def run_tune(cfg: Config) -> dict:
     split = nested_split(index, tc.folds, fraction=t.inner_val_fraction, seed=t.seed)
     init_ray(cfg.ray)
     ctx = {"train": t, "data": data, "index": index, "train_mask": split.train.tolist(),
-           "val_mask": split.val.tolist(), "storage": str(out / "trials"), "gpus_per_worker": tc.gpus_per_worker}
+           "val_mask": split.val.tolist(), "storage": str(out / "trials"), "gpus_per_worker": tc.gpus_per_worker,
+           "preserve_order": ray.data.DataContext.get_current().execution_options.preserve_order}
     trainable = ray.tune.with_resources(ray.tune.with_parameters(_trial, ctx=ctx), TRIAL_RESOURCES)
     path = out / EXPERIMENT
     if ray.tune.Tuner.can_restore(str(path)):
