@@ -21,12 +21,33 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray cluster for the whole test session (ray.init costs ~5 s)."""
+    """One local Ray cluster for the whole test session (ray.init costs ~10 s on 2 cores).
+
+    Jobs the tests start as subprocesses (``dr-ray <stage>``, ``jobs/<stage>.py``: kill-and-resume, the demo) join
+    it through ``RAY_ADDRESS`` instead of starting a cluster each; fault injection reaches their workers through
+    the job's runtime env (:func:`dr_ray.pipelines.runtime.init_ray`).
+    """
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # Ray Train polls its workers every 2 s by default and starts a preemption-watcher actor per run: on a 2-core
+    # machine that is seconds of idle waiting (and one more process) in each of the suite's many tiny runs
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    started = not ray.is_initialized()
+    if started:
+        # the dashboard serves the state API, through which Ray Train's PlacementGroupCleaner sees that a
+        # killed controller (a trial stopped by ASHA, a job whose driver died) is gone and frees its CPUs
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # a 2.60 local cluster asks its clients for the token it wrote
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray
-    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    if started:
+        ray.shutdown()

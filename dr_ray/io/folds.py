@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sklearn.model_selection import KFold, StratifiedKFold
 
 from dr_ray.io import columns as C
 
@@ -48,6 +47,8 @@ def assign_folds(table: pa.Table, k: int = 5, seed: int = 0) -> pa.Table:
         raise ValueError(f"cannot make k={k} folds from {len(patients)} patient(s); need at least k patients")
     worst = np.full(len(patients), _UNGRADED, dtype=np.int16)
     np.maximum.at(worst, inverse, grades.astype(np.int16))
+
+    from sklearn.model_selection import KFold, StratifiedKFold  # here: scikit-learn costs ~2 s of import
 
     _, counts = np.unique(worst, return_counts=True)
     order = np.zeros(len(patients), dtype=np.int64)

@@ -22,7 +22,7 @@ from dr_ray.io import columns as C
 from dr_ray.io import fs
 from dr_ray.io.catalog import problems_table, write_catalog
 from dr_ray.pipelines.catalog import build_catalog
-from dr_ray.pipelines.faults import maybe_inject
+from dr_ray.faults import maybe_inject
 from dr_ray.pipelines.runtime import (
     StageSummary,
     blocks_of,

@@ -18,7 +18,7 @@ import pyarrow as pa
 from dr_ray.config import Config, PseudoLabelsConfig, config_hash, to_dict
 from dr_ray.imaging import circle_mask, encode_lesion_maps, lesion_statistics, reduce_maps
 from dr_ray.io import columns as C
-from dr_ray.pipelines.faults import maybe_inject
+from dr_ray.faults import maybe_inject
 from dr_ray.pipelines.inference import (
     ModelActor,
     check_model_dir,

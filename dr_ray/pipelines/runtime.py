@@ -26,7 +26,12 @@ def init_ray(cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    from dr_ray.faults import FAULT_ENVS
+
     kwargs: dict = {"configure_logging": False}
+    faults = {k: os.environ[k] for k in FAULT_ENVS if os.environ.get(k)}
+    if faults:  # tests only: the job's workers get the fault spec even on a cluster started without it
+        kwargs["runtime_env"] = {"env_vars": faults}
     if cfg.address:
         kwargs["address"] = cfg.address
     elif "RAY_ADDRESS" not in os.environ and cfg.num_cpus:

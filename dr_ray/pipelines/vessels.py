@@ -23,7 +23,7 @@ from dr_ray.config import Config, VesselsConfig, config_hash, to_dict
 from dr_ray.imaging import ImageDecodeError, decode_png, encode_png
 from dr_ray.imaging.fov import circle_mask
 from dr_ray.io import columns as C
-from dr_ray.pipelines.faults import maybe_inject
+from dr_ray.faults import maybe_inject
 from dr_ray.pipelines.inference import (
     INPUT_COLUMNS,
     ModelActor,

@@ -247,7 +247,7 @@ def fusion_loop_per_worker(lc: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from dr_ray.pipelines.faults import maybe_inject  # the fault-injection test hook (never set in production)
+    from dr_ray.faults import maybe_inject  # the fault-injection test hook (never set in production)
     from dr_ray.training.classification_metrics import classification_metrics
     from dr_ray.training.classify import EarlyStopping, loss_function, predict, train_epoch, weighted_nll
     from dr_ray.training.loops import finite_or_none, unwrap

@@ -254,7 +254,7 @@ def lesion_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from dr_ray.pipelines.faults import maybe_inject  # the fault-injection test hook (never set in production)
+    from dr_ray.faults import maybe_inject  # the fault-injection test hook (never set in production)
     from dr_ray.training.lesion_data import lesion_patch_batches, load_lesion_images
     from dr_ray.training.lesion_losses import LesionLoss
 

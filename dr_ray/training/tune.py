@@ -82,8 +82,14 @@ def asha(*, max_t: int, grace_period: int, reduction_factor: int):
     from the ``ray.tune.TuneConfig``."""
     from ray.tune.schedulers import ASHAScheduler
 
+    # stop_last_trials=False: a trial that reaches max_t ends by returning from its function. Stopped by the
+    # scheduler at its last report instead, Tune kills the trial actor while its Ray Train controller is still
+    # shutting down (the controller is owned by the trial and dies with it), and the worker group's placement
+    # group outlives it until Ray Train's PlacementGroupCleaner notices, which needs the state API (dashboard):
+    # on a 2-CPU node without one, the next trial waited forever for that CPU.
     return ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                         grace_period=min(grace_period, max_t), reduction_factor=reduction_factor)
+                         grace_period=min(grace_period, max_t), reduction_factor=reduction_factor,
+                         stop_last_trials=False)
 
 
 __all__ = ["TRIAL_RESOURCES", "asha", "check_space", "choices", "search_space", "trial_train_config"]

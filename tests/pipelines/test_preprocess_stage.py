@@ -19,7 +19,7 @@ from dr_ray.config import load_config
 from dr_ray.imaging import decode_png
 from dr_ray.io import columns as C
 from dr_ray.io.catalog import assign_folds, write_catalog
-from dr_ray.pipelines.faults import FAULT_ENV
+from dr_ray.faults import FAULT_ENV
 from dr_ray.pipelines.preprocess import run_preprocess
 from dr_ray.testing import encode_jpeg, make_bad_files, make_fundus
 

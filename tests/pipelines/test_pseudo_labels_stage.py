@@ -17,7 +17,7 @@ import pytest
 from dr_ray.config import load_config
 from dr_ray.imaging import circle_mask, decode_lesion_maps, decode_png, lesion_statistics, reduce_maps
 from dr_ray.io import columns as C
-from dr_ray.pipelines.faults import FAULT_ENV, FAULT_ONCE_ENV
+from dr_ray.faults import FAULT_ENV, FAULT_ONCE_ENV
 from dr_ray.testing.stages import read_stage
 
 REPO = Path(__file__).resolve().parents[2]

@@ -73,8 +73,11 @@ def _upload(local: Path, uri: str) -> None:
 def _job(env: dict, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "jobs" / "preprocess.py"), "--set", "ray.num_cpus=2",
            "--set", "preprocess.size=128", *[a for o in overrides for a in ("--set", o)]]
+    # its own local Ray (no RAY_ADDRESS): the S3 endpoint and keys must be in the environment its workers start
+    # with, as they are on a real cluster's nodes; the session cluster's workers were started without them
+    base = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+                          env={**base, **env, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
 
 
 def test_preprocess_from_and_to_s3_with_resume(s3_env, tmp_path):

@@ -77,7 +77,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_training_resumes(tmp_path):
     import subprocess
     import sys
 
-    from dr_ray.pipelines.faults import FAULT_ENV, FAULT_ONCE_ENV
+    from dr_ray.faults import FAULT_ENV, FAULT_ONCE_ENV
 
     repo = Path(__file__).resolve().parents[2]
     once = tmp_path / "fault_fired"

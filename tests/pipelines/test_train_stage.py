@@ -203,7 +203,7 @@ def test_rerun_with_more_epochs_resumes_each_fold(stages, fusion_run):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_killed_worker_is_replaced_and_training_completes(stages, tmp_path):
-    from dr_ray.pipelines.faults import FAULT_ENV, FAULT_ONCE_ENV
+    from dr_ray.faults import FAULT_ENV, FAULT_ONCE_ENV
 
     write_stage_outputs(tmp_path)
     once = tmp_path / "fault_fired"

@@ -19,7 +19,7 @@ from dr_ray.config import load_config
 from dr_ray.imaging import decode_png
 from dr_ray.imaging.fov import circle_mask
 from dr_ray.io import columns as C
-from dr_ray.pipelines.faults import FAULT_ENV
+from dr_ray.faults import FAULT_ENV
 from dr_ray.testing.stages import read_stage as _read
 
 REPO = Path(__file__).resolve().parents[2]

@@ -92,8 +92,6 @@ def test_train_outer_fold_labels_cannot_reach_its_model(ordered, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-@pytest.mark.xfail(reason="unverified: weights differed in CI (block order in the trial process; fix eb7e0bf not yet "
-                          "seen passing) - see the session note; make it strict once it passes", strict=False)
 def test_tune_never_sees_the_folds_it_leaves_untouched(ordered, tmp_path):
     from dr_ray.config import load_config as load
     from dr_ray.pipelines.tune import run_tune

@@ -6,7 +6,8 @@ the Ray job stops, as a crash would); ``exit`` kills the worker process (``os._e
 native crash or the OOM killer would; ``oserror`` raises a transient ``OSError`` (an S3 503, a dropped NFS
 read: the stage quarantines the row as "cannot read file" and a later resume retries it); ``hang`` sleeps
 for an hour (a stuck read or a deadlocked native library). The image id may be ``*`` (every image).
-The variable must be in the environment the Ray workers start with (a fresh ``ray.init`` or a runtime_env).
+The driver forwards both variables to every worker of its job through the job's runtime env
+(:func:`dr_ray.pipelines.runtime.init_ray`), so they also reach workers of a cluster that was already running.
 With ``DR_RAY_FAULT_ONCE=<file>`` as well, the fault fires only while that file does not exist and creates it
 first: a worker that dies once and is restarted (Ray's actor restart, task retry) then gets through.
 """
@@ -17,6 +18,7 @@ import os
 
 FAULT_ENV = "DR_RAY_INJECT_FAULT"
 FAULT_ONCE_ENV = "DR_RAY_FAULT_ONCE"
+FAULT_ENVS = (FAULT_ENV, FAULT_ONCE_ENV)
 
 
 class InjectedFault(BaseException):

@@ -1,0 +1,102 @@
+"""The package's layer rules (CONVENTIONS.md: jobs -> pipelines/training -> imaging/vessels/models -> config/io),
+checked on every ``import`` statement of dr_ray/ (module level and inside functions), so CI enforces them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "dr_ray"
+
+# layer -> the dr_ray layers it may import (its own always allowed). "faults" (test fault injection) and "config"
+# sit at the bottom; nothing below pipelines may reach up into pipelines, report or the CLI.
+ALLOWED = {
+    "faults": set(),
+    "config": set(),
+    "io": {"config", "faults"},
+    "imaging": {"config", "io"},
+    "vessels": {"config", "io", "imaging"},
+    "models": {"config", "io"},
+    "testing": {"config", "io", "imaging", "vessels"},
+    "training": {"config", "io", "imaging", "vessels", "models", "faults"},
+    "report": {"config", "io", "imaging", "vessels", "models", "training"},
+    "pipelines": {"config", "io", "imaging", "vessels", "models", "training", "report", "testing", "faults"},
+    "cli": {"config", "io", "pipelines"},
+}
+# pure-array layers: no deep-learning or cluster runtime
+NO_RUNTIME = {"imaging", "vessels", "config", "io", "faults"}
+# known exceptions, each with its reason; the list may only shrink
+KNOWN = {
+    # the synthetic training sample is drawn in memory from the renderer (issue 14: write it as catalog files)
+    ("training", "testing", "dr_ray/training/data.py"),
+    ("training", "testing", "dr_ray/training/lesion_data.py"),
+}
+
+
+def _layer(path: Path) -> str:
+    rel = path.relative_to(PKG)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def _violations():
+    out = set()
+    for path in sorted(PKG.rglob("*.py")):
+        layer = _layer(path)
+        if layer in ("__init__",):
+            continue
+        rel = str(path.relative_to(PKG.parent))
+        for mod in _imports(path):
+            top = mod.split(".")
+            if top[0] == "dr_ray" and len(top) > 1 and top[1] != layer:
+                if top[1] not in ALLOWED.get(layer, set()):
+                    out.add((layer, top[1], rel))
+            elif top[0] in ("torch", "ray", "timm", "torch_geometric") and layer in NO_RUNTIME:
+                out.add((layer, top[0], rel))
+    return out
+
+
+def test_every_layer_is_known():
+    layers = {_layer(p) for p in PKG.rglob("*.py")} - {"__init__"}
+    assert layers <= set(ALLOWED), sorted(layers - set(ALLOWED))
+
+
+def test_imports_point_down_the_layers():
+    found = _violations()
+    new = sorted(found - KNOWN)
+    assert not new, "imports against the layer rules (layer, imported, file): " + "; ".join(map(str, new))
+    gone = sorted(KNOWN - found)
+    assert not gone, f"fixed: remove from KNOWN: {gone}"
+
+
+def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
+    bad = PKG / "imaging" / "_layer_probe.py"
+    bad.write_text("def f():\n    from dr_ray.pipelines import runtime\n    import torch\n")
+    try:
+        found = _violations()
+    finally:
+        bad.unlink()
+    assert ("imaging", "pipelines", "dr_ray/imaging/_layer_probe.py") in found
+    assert ("imaging", "torch", "dr_ray/imaging/_layer_probe.py") in found
+
+
+@pytest.mark.parametrize("module", ["dr_ray.io.columns", "dr_ray.training.fusion_data"])
+def test_light_modules_stay_light(module):
+    """Every Ray task and actor process imports these (column names, the batch decoder): they must not pull in
+    scikit-learn, timm or torch_geometric (seconds of CPU per fresh worker process)."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, {module}; heavy = [m for m in ('sklearn', 'timm', 'torch_geometric') if m in sys.modules];"
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"{module} imports {out}"
