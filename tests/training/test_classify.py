@@ -136,3 +136,22 @@ def test_train_epoch_skips_a_trailing_one_row_batch_under_batchnorm():
     with pytest.raises(ValueError, match="one-row batch"):
         train_epoch(model, batches_from_rows(one, spec, 4), opt, loss_function(None, "cpu"), "cpu",
                     mean=model.spec.mean, std=model.spec.std)
+
+
+def test_asha_lets_a_trial_that_reaches_max_t_end_on_its_own_but_still_cuts_laggards():
+    """Stopped by the scheduler at its last report, a trial's actor is killed while its Ray Train controller still
+    shuts down, leaking the worker group's CPUs (the next trial then hung on 2 CPUs): at max_t ASHA must say
+    CONTINUE and let the trial function return; below a rung's cutoff it still stops."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from dr_ray.training.tune import asha
+
+    sched = asha(max_t=2, grace_period=1, reduction_factor=2)
+    sched.set_search_properties(metric="val_loss", mode="min")
+    good, bad = Trial("__fake", trial_id="good", stub=True), Trial("__fake", trial_id="bad", stub=True)
+    for t in (good, bad):
+        sched.on_trial_add(None, t)
+    assert sched.on_trial_result(None, good, {"training_iteration": 1, "val_loss": 0.1}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, bad, {"training_iteration": 1, "val_loss": 9.0}) == TrialScheduler.STOP
+    assert sched.on_trial_result(None, good, {"training_iteration": 2, "val_loss": 0.05}) == TrialScheduler.CONTINUE
