@@ -79,6 +79,8 @@ def main() -> None:
             "train.cpus_per_worker=0.5", "train.decode_cpus=0.5", "ray.rows_per_file=8",
             f"tune.num_samples={args.trials}", f"tune.max_concurrent={args.concurrent}",
             f"tune.gpus_per_worker={args.gpus_per_worker}", "tune.grace_period=1", "tune.reduction_factor=2",
+            # val_loss is defined on any split (an AUC is not on a one-class tiny validation split)
+            "tune.metric=val_loss", "tune.mode=min",
             f"tune.space={space}", "tune.name=campaign_bench"]
     if args.cpus:
         sets.append(f"ray.num_cpus={args.cpus}")

@@ -155,3 +155,25 @@ def test_asha_lets_a_trial_that_reaches_max_t_end_on_its_own_but_still_cuts_lagg
     assert sched.on_trial_result(None, good, {"training_iteration": 1, "val_loss": 0.1}) == TrialScheduler.CONTINUE
     assert sched.on_trial_result(None, bad, {"training_iteration": 1, "val_loss": 9.0}) == TrialScheduler.STOP
     assert sched.on_trial_result(None, good, {"training_iteration": 2, "val_loss": 0.05}) == TrialScheduler.CONTINUE
+
+
+def test_results_table_skips_undefined_metrics_and_keeps_every_trial():
+    """A trial whose tune.metric is NaN in every epoch (AUC of a one-class inner validation split) keeps its row
+    without best-epoch columns (pandas' idxmax raised "Encountered all NA values" there); NaN epochs never win."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from dr_ray.pipelines.tune import results_table
+
+    nan = float("nan")
+    a = SimpleNamespace(path="/x/trial_a", error=None, config={"lr": 1e-3},
+                        metrics_dataframe=pd.DataFrame({"training_iteration": [1, 2], "val_auc": [nan, nan]}))
+    b = SimpleNamespace(path="/x/trial_b", error=None, config={"lr": 1e-4},
+                        metrics_dataframe=pd.DataFrame({"training_iteration": [1, 2, 3], "val_auc": [0.6, nan, 0.7],
+                                                        "val_loss": [0.9, 0.8, 0.7]}))
+    df = results_table([a, b], "val_auc", "max")
+    assert list(df["trial"]) == ["trial_b", "trial_a"]  # the defined one first
+    rb, ra = df.iloc[0], df.iloc[1]
+    assert rb["best_epoch"] == 3 and rb["val_auc"] == 0.7 and rb["epochs"] == 3
+    assert ra["epochs"] == 2 and pd.isna(ra["best_epoch"]) and pd.isna(ra["val_auc"])
