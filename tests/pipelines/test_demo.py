@@ -1,6 +1,7 @@
 """The README's main command (`make demo` = `dr-ray demo --config configs/demo.yaml`) in its smoke form: the whole
 chain preprocess -> train-vessels -> vessels -> train-lesions -> pseudo-labels -> train -> tune -> evaluate from
-the command line, one fresh local Ray; every stage's outputs checked once it has run."""
+the command line, on one Ray for the whole chain (the session's cluster through RAY_ADDRESS when the suite has
+started it, else a fresh local one); every stage's outputs checked once it has run."""
 
 from __future__ import annotations
 
