@@ -29,10 +29,9 @@ def ray_cluster():
     """
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    # Ray Train polls its workers every 2 s by default and starts a preemption-watcher actor per run: on a 2-core
-    # machine that is seconds of idle waiting (and one more process) in each of the suite's many tiny runs
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    from dr_ray.pipelines.runtime import use_local_ray_train_settings
+
+    use_local_ray_train_settings()  # the suite's many tiny Ray Train runs on one machine, as `dr-ray demo` runs them
     started = not ray.is_initialized()
     if started:
         # the dashboard serves the state API, through which Ray Train's PlacementGroupCleaner sees that a

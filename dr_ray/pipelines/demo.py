@@ -16,7 +16,7 @@ import os
 import time
 
 from dr_ray.config import Config
-from dr_ray.pipelines.runtime import stage_dir
+from dr_ray.pipelines.runtime import stage_dir, use_local_ray_train_settings
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,8 @@ def run_demo(cfg: Config) -> dict:
     from dr_ray.pipelines.train_vessels import run_train_vessels
     from dr_ray.pipelines.tune import run_tune
 
-    if not cfg.ray.address and "RAY_ADDRESS" not in os.environ:
-        # A laptop run: no spot instances to watch for preemption (one actor process less per Ray Train run), and
-        # the controller polls its one worker every 0.25 s instead of 2 s (seconds of idle per tiny run and epoch).
-        # Set before Ray starts; Ray Train passes both to its controllers. An explicit value in the shell wins.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    if not cfg.ray.address and "RAY_ADDRESS" not in os.environ:  # a laptop run: it starts its own local Ray
+        use_local_ray_train_settings()
     lines: list[str] = []
     times: dict[str, float] = {}
 

@@ -102,13 +102,13 @@ def results_table(results, metric: str, mode: str):
         md = r.metrics_dataframe
         if md is not None and len(md):
             row["epochs"] = int(md["training_iteration"].max())
-        # an epoch whose metric is NaN (an AUC on a one-class validation split) is never the best; a trial with no
-        # defined value gets no best-epoch columns (run_tune then names the metric in its error)
-        if md is not None and len(md) and metric in md and md[metric].notna().any():
-            best = md.loc[md[metric].idxmax() if mode == "max" else md[metric].idxmin()]
-            row["best_epoch"] = int(best["training_iteration"])
-            row.update({k: best[k] for k in md.columns
-                        if k.startswith("val_") or k in ("train_loss", "train_rows_per_s", "busy_fraction")})
+            # an epoch whose metric is NaN (an AUC on a one-class validation split) is never the best; a trial with
+            # no defined value gets no best-epoch columns (run_tune then names the metric in its error)
+            if metric in md and md[metric].notna().any():
+                best = md.loc[md[metric].idxmax() if mode == "max" else md[metric].idxmin()]
+                row["best_epoch"] = int(best["training_iteration"])
+                row.update({k: best[k] for k in md.columns
+                            if k.startswith("val_") or k in ("train_loss", "train_rows_per_s", "busy_fraction")})
         rows.append(row)
     df = pd.DataFrame(rows)
     return df.sort_values(metric, ascending=(mode == "min"), na_position="last") if metric in df else df
