@@ -90,6 +90,8 @@ SMOKE_OVERRIDES: dict[str, tuple[str, ...]] = {
     # val_loss: defined on any fold (a smoke fold of 4 images may hold one class, where AUC is undefined)
     "tune": (*_TRAIN_SMOKE, "tune.num_samples=2", "tune.max_concurrent=1", "tune.gpus_per_worker=0",
              "tune.metric=val_loss", "tune.mode=min", "tune.max_epochs=1", "tune.name=tune_smoke"),
+    # the train run comes from the config or --set predict.run_dir=...
+    "predict": ("predict.mc_samples=2", "predict.batch_size=8", "predict.gpus_per_actor=0"),
     "evaluate": ("evaluate.run=train_smoke", "evaluate.mc_samples=3", "evaluate.gradcam_images=4",
                  "evaluate.uncertain_cases=4", "evaluate.batch_size=8", "evaluate.gpus_per_actor=0"),
 }
@@ -248,12 +250,28 @@ def _evaluate(cfg: Config) -> int:
 
     s = run_evaluate(cfg)
     p = s["pooled"]
+    if cfg.evaluate.dataset:
+        ci = s["pooled_ci"].get("auc") or {}
+        print(f"evaluate {s['run']} on {s['dataset']}: {s['scored']} graded images scored, {s['ungraded']} "
+              f"without a grade, {s['quarantined']} quarantined; AUC {_fmt(p.get('auc'))} (95% patient bootstrap "
+              f"CI {_fmt(ci.get('ci_low'))}..{_fmt(ci.get('ci_high'))}), accuracy {_fmt(p.get('accuracy'))}")
+        print(f"  report: {s['report']}")
+        return 0
     n = sum(c["rows_in"] for c in s["counts"])
     q = sum(c["quarantined"] for c in s["counts"])
     print(f"evaluate {s['run']}: {n} images = predicted {n - q} + quarantined {q}; pooled out-of-fold AUC "
           f"{_fmt(p.get('auc'))}, accuracy {_fmt(p.get('accuracy'))}, ECE {_fmt(p.get('ece'))}")
     print(f"  report: {s['report']}")
     return 0
+
+
+def _predict(cfg: Config) -> int:
+    from dr_ray.pipelines.predict import run_predict
+
+    s = run_predict(cfg)
+    code = _print_stage(s, "predictions")
+    print(f"  ensemble of {cfg.predict.run_dir} (predict.json in {s.output})")
+    return code
 
 
 def _demo(cfg: Config) -> int:
@@ -282,7 +300,11 @@ STAGES: dict[str, tuple[str, Callable[[Config], int]]] = {
               "joined stage outputs; write fold models and cv.json", _train),
     "tune": ("ASHA search over train settings on Ray Tune (one Ray Train run per trial); write the results "
              "table and the best config as a training YAML", _tune),
-    "evaluate": ("out-of-fold predictions of a train run's fold models with MC-dropout uncertainty; write one "
+    "predict": ("a train run's fold models as an ensemble over a processed dataset (this output.dir): mean "
+                "probability, fold spread and MC-dropout entropy per image; write Parquet shards + quarantine",
+                _predict),
+    "evaluate": ("out-of-fold predictions of a train run's fold models with MC-dropout uncertainty, or (with "
+                 "evaluate.dataset) `predict`'s output scored against another dataset's grades; write one "
                  "self-contained HTML report", _evaluate),
     "demo": ("the whole chain on the built-in sample: preprocess, vessels, pseudo labels, train, tune, evaluate",
              _demo),

@@ -50,3 +50,77 @@ def ray_cluster():
             os.environ[k] = v
     if started:
         ray.shutdown()
+
+
+# What a user's browser shows of a report: every image decoded, nothing wider than the page, no cell text cut.
+_BROWSER_CHECK_JS = """
+<script>
+window.addEventListener('load', () => {
+  const body = document.body.getBoundingClientRect();
+  const imgs = [...document.images].map(i => ({alt: i.alt.slice(0, 60), ok: i.complete && i.naturalWidth > 0,
+                                               shown: i.getBoundingClientRect().width}));
+  const out = [];
+  for (const el of document.body.querySelectorAll('*')) {
+    if (el.id === 'dr-ray-check') continue;
+    const r = el.getBoundingClientRect();
+    const text = (el.textContent || '').trim().slice(0, 60);
+    if (r.width && (r.right > body.right + 1 || r.left < body.left - 1)) out.push(['outside page', el.tagName, text]);
+    if (el.clientWidth && el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX === 'visible')
+      out.push(['text overflows', el.tagName, text]);
+  }
+  const pre = document.createElement('pre');
+  pre.id = 'dr-ray-check';
+  pre.textContent = JSON.stringify({images: imgs, problems: out, page: document.documentElement.scrollWidth,
+                                    viewport: window.innerWidth});
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+@pytest.fixture(scope="session")
+def browser_check(tmp_path_factory):
+    """``check(html_path) -> {"images": [...], "problems": [...], "page", "viewport"}``: the report opened in a real
+    headless Chromium (``apt-get install chromium``; ``.ci/run`` installs it) at 1280 px, measured after load.
+    None when this machine has no Chromium: a test that needs it skips."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        return None
+    tmp = tmp_path_factory.mktemp("browser")
+
+    def check(html_path) -> dict:
+        page = tmp / f"{len(list(tmp.iterdir()))}.html"
+        page.write_text(Path(html_path).read_text(encoding="utf-8").replace("</body>", _BROWSER_CHECK_JS + "</body>"),
+                        encoding="utf-8")
+        res = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                              f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,900",
+                              "--virtual-time-budget=15000", "--dump-dom", page.as_uri()],
+                             capture_output=True, text=True, timeout=180)
+        m = re.search(r'<pre id="dr-ray-check">(.*?)</pre>', res.stdout, re.S)
+        assert m, f"Chromium printed no check result (rc {res.returncode}): {res.stderr[-2000:]}"
+        import html as _html
+
+        return json.loads(_html.unescape(m.group(1)))
+
+    return check
+
+
+
+@pytest.fixture(scope="session")
+def assert_in_browser(browser_check):
+    """``assert_in_browser(html_path)``: every image of the report decodes and is shown, nothing sticks out of the
+    page or out of its box, in Chromium; None without Chromium (the caller says what it then skips)."""
+    if browser_check is None:
+        return None
+
+    def check(html_path) -> None:
+        res = browser_check(html_path)
+        assert res["images"] and all(i["ok"] and i["shown"] > 50 for i in res["images"]), res["images"]
+        assert res["problems"] == [] and res["page"] <= res["viewport"], res["problems"][:10]
+
+    return check

@@ -101,3 +101,16 @@ def test_light_modules_stay_light(module):
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"{module} imports {out}"
+
+
+@pytest.mark.parametrize("package,catalog", [("dr_ray.io", True), ("dr_ray.training", False)])
+def test_lazy_re_exports_are_declared_for_type_checkers(package, catalog):
+    """The PEP 562 packages list the same names under ``if TYPE_CHECKING:`` as they serve lazily (py.typed ships)."""
+    import importlib
+
+    served = set(importlib.import_module("dr_ray.io.catalog").__all__) | {"catalog"} if catalog else set(
+        importlib.import_module(package).__all__)
+    tree = ast.parse((PKG / package.split(".", 1)[1] / "__init__.py").read_text())
+    declared = {a.name for node in ast.walk(tree) if isinstance(node, ast.If)
+                and getattr(node.test, "id", None) == "TYPE_CHECKING" for imp in node.body for a in imp.names}
+    assert declared == served

@@ -688,6 +688,9 @@ class EvaluateConfig:
     uncertainty, and one self-contained HTML report (ROC/PR, confusion, calibration, Grad-CAM, uncertain cases)."""
 
     run: str = ""  # train run name under output.dir; "" = train.name
+    # external validation: a processed dataset's output.dir holding `dr-ray predict`'s <predict.name>/ folder;
+    # the report scores those predictions against that dataset's grades. "" = out-of-fold evaluation of `run`
+    dataset: str = ""
     mc_samples: int = 10  # Monte-Carlo dropout passes for the predictive entropy (DCAT); 1 = deterministic only
     gradcam_images: int = 8  # images with Grad-CAM overlays in the report
     uncertain_cases: int = 12  # most uncertain cases shown
@@ -713,6 +716,34 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    """``dr-ray predict``: a train run's fold models as an ensemble over a processed dataset (this config's
+    ``output.dir``: its preprocess / vessels / pseudo_labels folders, joined as ``train`` joins them) -> Parquet
+    ``<output.dir>/<name>/`` (mean probability, fold spread, MC-dropout entropy per image), streamed on an actor
+    pool, resumable, quarantine with reasons."""
+
+    run_dir: str = ""  # the train run folder (holds cv.json and fold_<k>/model), local path; required
+    name: str = "predictions"  # output.dir sub-folder of the predictions
+    threshold: float = 0.5  # predicted_referable = p_referable >= threshold (fixed in advance, never fitted here)
+    mc_samples: int = 10  # Monte-Carlo dropout passes per fold model (predictive entropy); 1 = deterministic only
+    batch_size: int = 16  # images per forward pass on one actor
+    actors: int = 1  # inference actor pool size (one per GPU); every actor holds all fold models
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    amp_bf16: bool = True
+
+    def __post_init__(self) -> None:
+        k = "predict."
+        _check(_plain_name(self.name), k + "name", self.name, "must be a plain folder name")
+        _check(0.0 < self.threshold < 1.0, k + "threshold", self.threshold, "must be in (0, 1)")
+        _check(1 <= self.mc_samples <= 1000, k + "mc_samples", self.mc_samples, "must be in 1..1000")
+        _check(1 <= self.batch_size <= 4096, k + "batch_size", self.batch_size, "must be in 1..4096")
+        _check(1 <= self.actors <= 1024, k + "actors", self.actors, "must be in 1..1024")
+        _check(0.0 <= self.gpus_per_actor <= 8.0, k + "gpus_per_actor", self.gpus_per_actor, "must be in 0..8")
+        _check(0.0 < self.cpus_per_actor <= 64, k + "cpus_per_actor", self.cpus_per_actor, "must be in (0, 64]")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -725,4 +756,5 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     label: LabelConfig = field(default_factory=LabelConfig)

@@ -10,7 +10,14 @@ catalog pulls in scikit-learn (fold assignment), ~2 s of CPU per fresh worker pr
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy re-export below provides, for type checkers and IDEs (never run)
+    from dr_ray.io import catalog
+    from dr_ray.io.catalog import (PROBLEMS_SCHEMA, READERS, CatalogResult, LabelProblem, assign_folds,
+                                   problems_table, read_aptos, read_catalog, read_catalog_parquet, read_chase_db1,
+                                   read_drive, read_eyepacs, read_fgadr, read_hrf_av, read_idrid, read_les_av,
+                                   read_messidor2, read_stare, validate_catalog, write_catalog)
 
 
 def __getattr__(name: str) -> Any:

@@ -209,6 +209,37 @@ PSEUDO_LABELS_SCHEMA = pa.schema(
     ]
 )
 
+# --- predict stage outputs (dr_ray.pipelines.predict): a train run's fold models as an ensemble ---------
+PROBS = "probs"  # (C,) float32: mean over the fold models of their softmax probabilities (eval mode)
+MC_PROBS = "mc_probs"  # (C,) float32: mean over fold models and MC-dropout passes (the predictive distribution)
+P_REFERABLE = "p_referable"  # P(grade >= 2) of PROBS (5-class models: the sum of classes 2..4)
+PREDICTED_GRADE = "predicted_grade"  # argmax of PROBS for a 5-class (grade) model; null for a referable model
+PREDICTED_REFERABLE = "predicted_referable"  # P_REFERABLE >= predict.threshold
+ENTROPY = "entropy"  # predictive entropy of MC_PROBS, nats
+FOLD_SPREAD = "fold_spread"  # standard deviation of P_REFERABLE over the fold models (disagreement)
+FOLD_P_REFERABLE = "fold_p_referable"  # (K,) float32: P_REFERABLE of each fold model, in MODEL_FOLDS order
+MODEL_FOLDS = "model_folds"  # (K,) int8: the train run's folds whose models voted
+MODEL_HASHES = "model_hashes"  # (K,) content hashes of those fold model directories
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        *CATALOG_SCHEMA,
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string()),
+        pa.field(CONFIG_HASH, pa.string()),
+        pa.field(PROBS, pa.list_(pa.float32())),
+        pa.field(MC_PROBS, pa.list_(pa.float32())),
+        pa.field(P_REFERABLE, pa.float32()),
+        pa.field(PREDICTED_GRADE, pa.int8()),
+        pa.field(PREDICTED_REFERABLE, pa.bool_()),
+        pa.field(ENTROPY, pa.float32()),
+        pa.field(FOLD_SPREAD, pa.float32()),
+        pa.field(FOLD_P_REFERABLE, pa.list_(pa.float32())),
+        pa.field(MODEL_FOLDS, pa.list_(pa.int8())),
+        pa.field(MODEL_HASHES, pa.list_(pa.string())),
+    ]
+)
+
 # --- fusion_data index (dr_ray.pipelines.fusion_data) ----------------------------------------
 SOURCE_FILE = "source_file"  # the stage shard (full path / URI) a row was read from
 

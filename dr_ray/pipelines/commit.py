@@ -286,7 +286,7 @@ class CommitResult:
 def roll_forward(stage_path: str, marker: dict) -> None:
     """Finish a commit whose marker is written: rename its staged files into place, delete the files of the
     attempts it replaced. Idempotent (a crash in here is finished by the next call)."""
-    key, attempt = marker["key"], marker["attempt"]
+    attempt = marker["attempt"]
     for status, info in marker["files"].items():
         final = fs.join(status_dir(stage_path, status), info["name"])
         staged = _staged_path(stage_path, status, info["name"])

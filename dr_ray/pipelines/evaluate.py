@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,12 +29,12 @@ import pyarrow.dataset as pads
 from dr_ray.config import Config
 from dr_ray.io import columns as C
 from dr_ray.io import fs
+from dr_ray.pipelines.report_sections import (SAMPLE_MAPS, gradcam_section, image_rows, json_default, plots_section,
+                                              sample_maps_section, uncertain_section)
 from dr_ray.pipelines.runtime import init_ray, stage_dir
 
 log = logging.getLogger(__name__)
 
-GRADE_NAMES = ("0 none", "1 mild", "2 moderate", "3 severe", "4 proliferative")
-REFERABLE_NAMES = ("non-referable", "referable")
 
 
 class ClassifierActor:
@@ -85,12 +84,14 @@ class ClassifierActor:
             return None, errors
         return decode_rows({k: v[good] for k, v in batch.items()}, self.spec), errors
 
-    def __call__(self, batch: dict) -> dict:
+    def score(self, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+        """One numpy batch of joined rows -> ``probs`` (B, C) (eval mode), ``mc_probs`` (B, C) (MC-dropout mean),
+        ``entropy`` (B,) nats and the per-row decode error (None = scored; NaN probabilities otherwise)."""
         import torch
 
         from dr_ray.models.classifiers import mc_dropout_predict
         from dr_ray.training.classify import predict
-        from dr_ray.training.fusion_data import collate, labels_for_task, to_device
+        from dr_ray.training.fusion_data import collate, to_device
 
         n = len(batch[C.IMAGE_ID])
         c = self.spec.num_classes
@@ -113,6 +114,14 @@ class ClassifierActor:
                 from dr_ray.training.classification_metrics import predictive_entropy
 
                 mc[ok], entropy[ok] = p, predictive_entropy(p)
+        return probs, mc, entropy, errors
+
+    def __call__(self, batch: dict) -> dict:
+        from dr_ray.training.fusion_data import labels_for_task
+
+        n = len(batch[C.IMAGE_ID])
+        probs, mc, entropy, errors = self.score(batch)
+        ok = [i for i in range(n) if errors[i] is None]
         grades = list(batch[C.GRADE])
         labels = np.full(n, -1, np.int64)
         if ok:
@@ -168,82 +177,19 @@ def predict_fold(cfg: Config, model_dir: str, fold: int, out: str) -> dict:
     return counts
 
 
-def _thumbnail(png: bytes, size: int = 192) -> np.ndarray:
-    import cv2
-
-    from dr_ray.imaging import decode_png
-
-    return cv2.resize(decode_png(png), (size, size), interpolation=cv2.INTER_AREA)
-
-
-def _image_rows(fusion_ok_dir: str, ids: list[str], columns: list[str]) -> dict[str, list]:
-    """The joined rows of ``ids`` (a handful, for Grad-CAM and thumbnails), in the order of ``ids``."""
-    from dr_ray.pipelines.fusion_data import read_rows
-
-    suffix = f"/{C.STATUS}={C.STATUS_OK}"  # the index folder holds status=ok/; big columns come from the stages
-    rows = read_rows(fusion_ok_dir[: -len(suffix)] if fusion_ok_dir.endswith(suffix) else fusion_ok_dir,
-                     columns, ids=ids).to_pydict()
-    order = {v: i for i, v in enumerate(rows[C.IMAGE_ID])}
-    return {k: [v[order[i]] for i in ids if i in order] for k, v in rows.items()}
-
-
-def _gradcam_section(report, run_dir: Path, model_dirs: dict[str, str], preds, n: int, plots_dir: Path) -> None:
-    """Grad-CAM overlays for up to ``n`` images (the most confident referable/positive predictions first, then
-    the most confident negatives), each by the fold model that did not train on it."""
-    from dr_ray.models import load_model_dir
-    from dr_ray.models.gradcam import grad_cam, overlay
-    from dr_ray.report.plots import image_grid_png
-    from dr_ray.training.fusion_data import InputSpec, batches_from_rows, to_device
-
-    import torch
-
-    if n <= 0 or not len(preds):
-        return
-    score = preds["score"]
-    order = np.argsort(-score)
-    pick = list(order[: (n + 1) // 2]) + [i for i in order[::-1][: n // 2] if i not in order[: (n + 1) // 2]]
-    images, captions = [], []
-    for fold in sorted({int(preds["fold"][i]) for i in pick}):
-        idx = [i for i in pick if int(preds["fold"][i]) == fold]
-        model, meta = load_model_dir(model_dirs[str(fold)])
-        spec = InputSpec.from_dict(meta["extra"]["inputs"])
-        names = REFERABLE_NAMES if spec.num_classes == 2 else GRADE_NAMES
-        ok_dir = fs.join(meta["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
-        ids = [preds["image_id"][i] for i in idx]
-        rows = _image_rows(ok_dir, ids, spec.columns())
-        for batch in batches_from_rows(rows, spec, batch_size=8):
-            b = to_device(batch, "cpu", mean=model.spec.mean, std=model.spec.std)
-            cams = grad_cam(model, b)  # for the predicted class
-            with torch.no_grad():
-                predicted = model.eval()(b).argmax(1).tolist()
-            raw = batch["image"].permute(0, 2, 3, 1).numpy()
-            for j, image_id in enumerate(batch["image_id"]):
-                k = ids.index(image_id)
-                img = np.ascontiguousarray(raw[j])
-                images.append(overlay(img, cams[j]) if cams[j].max() > 0 else img)
-                none = "" if cams[j].max() > 0 else ", no positive evidence"
-                captions.append(f"{image_id}: grade {preds['grade'][idx[k]]}\np={score[idx[k]]:.2f}, CAM of class "
-                                f"{names[predicted[j]]}{none}")
-    png = image_grid_png(images, captions, ncols=4)
-    (plots_dir / "gradcam.png").write_bytes(png)
-    report.add_heading("Grad-CAM", 2)
-    report.add_text("Grad-CAM of the image branch's last feature map for the predicted class, by the fold model "
-                    "that never saw the image (the most confident referable predictions, then the most confident "
-                    "non-referable ones). A map with no positive evidence is shown blank.")
-    report.add_image(png, "Grad-CAM overlays (red = most evidence)")
-
-
 def run_evaluate(cfg: Config) -> dict:
     """Predict every fold of the train run out-of-fold and write the HTML report; returns a summary."""
     from dr_ray.report.html import Report
-    from dr_ray.report.plots import (calibration_png, confusion_matrix_png, histogram_png, image_grid_png,
-                                     pr_curve_png, roc_curve_png)
     from dr_ray.report.stats_tables import (comparison_rows, delong_rows, fold_mean_rows, patient_level_line,
                                             pooled_rows, selection_rows)
     from dr_ray.training.classification_metrics import classification_metrics, cv_summary
     from dr_ray.training.stats import bootstrap_metrics
 
     e = cfg.evaluate
+    if e.dataset:
+        from dr_ray.pipelines.external import run_external_evaluate
+
+        return run_external_evaluate(cfg)
     run = e.run or cfg.train.name
     run_dir = Path(stage_dir(cfg.output.dir, run))
     cv_path = run_dir / "cv.json"
@@ -278,7 +224,7 @@ def run_evaluate(cfg: Config) -> dict:
         from dr_ray.models import read_metadata
 
         ok_dir = fs.join(read_metadata(first_model)["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
-        g = _image_rows(ok_dir, ids, [C.IMAGE_ID, C.GRADE])
+        g = image_rows(ok_dir, ids, [C.IMAGE_ID, C.GRADE])
         gmap = dict(zip(g[C.IMAGE_ID], g[C.GRADE]))
         grades = np.asarray([gmap.get(i) for i in ids], dtype=object)
 
@@ -295,7 +241,7 @@ def run_evaluate(cfg: Config) -> dict:
         from dr_ray.models import read_metadata
 
         ok_dir = fs.join(read_metadata(first_model)["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
-        pr = _image_rows(ok_dir, ids, [C.IMAGE_ID, C.PATIENT_ID])
+        pr = image_rows(ok_dir, ids, [C.IMAGE_ID, C.PATIENT_ID])
         pmap = dict(zip(pr[C.IMAGE_ID], pr[C.PATIENT_ID]))
         missing = [i for i in ids if pmap.get(i) is None]
         if missing:
@@ -349,55 +295,26 @@ def run_evaluate(cfg: Config) -> dict:
         if "delong" in comp:
             report.add_table(delong_rows(comp["delong"]))
 
-    plots: dict[str, bytes] = {}
-    if len(labels) and len(set(ref_labels.tolist())) == 2:
-        curves = {f"fold {k}": (ref_labels[folds == k], score[folds == k]) for k in sorted(set(folds.tolist()))
-                  if len(set(ref_labels[folds == k].tolist())) == 2}
-        curves["pooled"] = (ref_labels, score)
-        plots["roc.png"] = roc_curve_png(curves, title="ROC, referable DR (out-of-fold)")
-        plots["pr.png"] = pr_curve_png(curves, title="Precision-recall, referable DR (out-of-fold)")
-    if len(labels):
-        names = REFERABLE_NAMES if n_classes == 2 else GRADE_NAMES
-        plots["confusion.png"] = confusion_matrix_png(labels, probs.argmax(1), list(names),
-                                                      title="Confusion matrix (pooled)", normalize=True)
-        plots["calibration.png"] = calibration_png(labels, probs, title="Calibration (pooled)")
-        plots["entropy.png"] = histogram_png(entropy, bins=20, title="Predictive entropy (MC dropout)",
-                                             xlabel="entropy (nats)", marks={"max": float(np.log(n_classes))})
-    for name, png in plots.items():
-        (plots_dir / name).write_bytes(png)
-    report.add_heading("Curves", 2)
-    for name, caption in (("roc.png", "ROC per fold and pooled"), ("pr.png", "Precision-recall"),
-                          ("confusion.png", "Confusion matrix, row-normalised"),
-                          ("calibration.png", "Calibration: reliability diagram of the pooled predictions"),
-                          ("entropy.png", "Predictive entropy of the MC-dropout mean")):
-        if name in plots:
-            report.add_image(plots[name], caption)
+    groups = {f"fold {k}": folds == k for k in sorted(set(folds.tolist()))}
+    plots_section(report, plots_dir, labels=labels, probs=probs, score=score, ref_labels=ref_labels,
+                   entropy=entropy, groups=groups, where="out-of-fold")
     report.add_heading("Uncertainty", 2)
     report.add_key_values({"MC-dropout pooled AUC": mc_pooled.get("auc"), "MC-dropout pooled ECE": mc_pooled.get("ece"),
                            "median entropy (nats)": float(np.median(entropy)) if len(entropy) else None})
-    if e.uncertain_cases and len(ids):
-        top = np.argsort(-entropy)[: e.uncertain_cases]
-        rows = [{"image_id": ids[i], "fold": int(folds[i]), "grade": grades[i], "label": int(labels[i]),
-                 "p(referable)": float(score[i]), "entropy": float(entropy[i])} for i in top]
-        report.add_text(f"The {len(top)} images with the highest predictive entropy:")
-        report.add_table(rows)
-        from dr_ray.models import read_metadata
+    from dr_ray.models import read_metadata
 
-        thumbs, caps = [], []
-        for f in sorted({int(folds[i]) for i in top}):
-            ok_dir = fs.join(read_metadata(model_dirs[str(f)])["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
-            sel = [ids[i] for i in top if int(folds[i]) == f]
-            got = _image_rows(ok_dir, sel, [C.IMAGE_ID, C.IMAGE_PNG])
-            for image_id, png in zip(got[C.IMAGE_ID], got[C.IMAGE_PNG]):
-                i = ids.index(image_id)
-                thumbs.append(_thumbnail(png))
-                caps.append(f"{image_id}\nH={entropy[i]:.2f}, p={score[i]:.2f}")
-        if thumbs:
-            png = image_grid_png(thumbs, caps, ncols=4)
-            (plots_dir / "uncertain.png").write_bytes(png)
-            report.add_image(png, "Most uncertain cases")
+    fold_dirs = {k: fs.join(read_metadata(model_dirs[k])["extra"]["fusion_data"], f"{C.STATUS}={C.STATUS_OK}")
+                 for k in model_dirs}
+    uncertain_section(report, plots_dir, ids=ids, entropy=entropy, score=score, n=e.uncertain_cases,
+                       row_of=lambda i: {"image_id": ids[i], "fold": int(folds[i]), "grade": grades[i],
+                                         "label": int(labels[i]), "p(referable)": float(score[i]),
+                                         "entropy": float(entropy[i])},
+                       ok_dir_of=lambda i: fold_dirs[str(int(folds[i]))])
     preds = {"image_id": ids, "fold": folds, "score": score, "grade": grades}
-    _gradcam_section(report, run_dir, model_dirs, preds, e.gradcam_images, plots_dir)
+    shown = gradcam_section(report, model_dirs, preds, e.gradcam_images, plots_dir)
+    if shown:  # one joined index serves every fold of a run
+        ids4 = list(shown)[:SAMPLE_MAPS]
+        sample_maps_section(report, plots_dir, fold_dirs[str(int(folds[ids.index(ids4[0])]))], ids4, shown)
     if bad_t.num_rows:
         report.add_heading("Quarantined", 2)
         report.add_table(bad_t.select([C.IMAGE_ID, C.FOLD, C.ERROR]).to_pylist())
@@ -406,16 +323,8 @@ def run_evaluate(cfg: Config) -> dict:
                "counts": counts, "pooled": pooled, "pooled_ci": pooled_ci, "per_fold": per_fold, "cv": summary_cv,
                "patient_level": cv.get("patient_level"),
                "mc_dropout_pooled": mc_pooled}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1, allow_nan=True, default=_json_default))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1, allow_nan=True, default=json_default))
     return summary
-
-
-def _json_default(v: Any):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    return str(v)
 
 
 __all__ = ["ClassifierActor", "predict_fold", "run_evaluate"]

@@ -230,17 +230,18 @@ _MISSING_MAP = {C.CANNY_PNG: "the preprocess stage ran without preprocess.extra_
 
 def mark_rows(batch: pa.Table, *, stages: Sequence[str], schema: pa.Schema, data_hash: str,
               stage_errors: dict[str, dict[str, str]], stage_paths: dict[str, str],
-              image_column: str = C.IMAGE_PNG) -> pa.Table:
+              image_column: str = C.IMAGE_PNG, require_grade: bool = True) -> pa.Table:
     """Joined index rows (left joins of the preprocessed images with each stage) -> ``schema``: status ok when
-    every stage joined, the grade is known and the image branch's input (``image_column``, non-null in ``batch``
-    where the row has it) exists, else quarantined with the reason (the stage's own quarantine reason, or that
-    the stage never processed it, or that the map was never stored); a quarantined row keeps no references."""
+    every stage joined, the grade is known (unless not ``require_grade``) and the image branch's input
+    (``image_column``, non-null in ``batch`` where the row has it) exists, else quarantined with the reason (the
+    stage's own quarantine reason, or that the stage never processed it, or that the map was never stored); a
+    quarantined row keeps no references."""
     n = batch.num_rows
     ids = batch.column(C.IMAGE_ID).to_pylist()
     errors: list[str | None] = [None] * n
     grades = batch.column(C.GRADE).to_pylist()
     for i in range(n):
-        if grades[i] is None:
+        if require_grade and grades[i] is None:
             errors[i] = f"{ids[i]}: no grade label (cannot train or evaluate a classifier on it)"
     for stage in stages:
         present = batch.column(_PRESENCE[stage]).to_pylist()
@@ -291,9 +292,13 @@ def _delete_dir(path: str) -> None:
     filesystem.delete_dir(inner)
 
 
-def _remove_superseded(root: str, keep: str, stages: Sequence[str], inputs: dict[str, str]) -> list[str]:
-    """Delete earlier builds under ``root`` of the same stages from the same stage folders (their inputs have
-    changed since, so nothing new will reuse them), and every full-copy build of FORMAT_VERSION 1; returns them."""
+def _remove_superseded(root: str, keep: str, stages: Sequence[str], inputs: dict[str, str],
+                       kind: dict | None = None) -> list[str]:
+    """Delete earlier builds under ``root`` of the same stages from the same stage folders and of the same
+    ``kind`` (image input, graded only or not: a build of another kind is still in use by its own run), whose
+    inputs have changed since, so nothing new will reuse them, and every full-copy build of FORMAT_VERSION 1;
+    returns them."""
+    kind = kind or {}
     filesystem, inner = fs.resolve(root)
     import pyarrow.fs as pafs
 
@@ -307,17 +312,19 @@ def _remove_superseded(root: str, keep: str, stages: Sequence[str], inputs: dict
             continue  # a build in progress (or killed): its own run deals with it
         old = json.loads(fs.read_text(marker))
         if old.get("format_version", 1) < FORMAT_VERSION or (
-                old.get("stages") == list(stages) and old.get("inputs") == inputs):
+                old.get("stages") == list(stages) and old.get("inputs") == inputs
+                and all(old.get(k) == v for k, v in kind.items())):
             log.info("fusion data: removing superseded build %s (format %s)", d, old.get("format_version", 1))
             _delete_dir(d)
             removed.append(d)
     return removed
 
 
-def build_fusion_data(cfg: Config, stages: Sequence[str]) -> FusionData:
+def build_fusion_data(cfg: Config, stages: Sequence[str], *, require_grade: bool = True) -> FusionData:
     """Join the preprocessed images with ``stages`` (subset of ``STAGES``) into the index
     ``<output.dir>/fusion_data/<hash>``, or reuse a complete earlier build of the same inputs. No Ray: the join
-    is of small columns, in this process (peak memory ~1 KB per image)."""
+    is of small columns, in this process (peak memory ~1 KB per image). ``require_grade=False`` (``dr-ray
+    predict``): an image without a grade is joined too (its own index: the flag is part of the hash)."""
     image_column = _image_column(cfg.train.image_input)
     if image_column == C.VESSEL_PROB_PNG:
         stages = (*stages, "vessels")  # the image branch sees the vessel stage's probability map
@@ -338,7 +345,10 @@ def build_fusion_data(cfg: Config, stages: Sequence[str]) -> FusionData:
                                 presence=presence(s)) for s in stages}
     files = {s: pc.unique(t.column(C.SOURCE_FILE)).to_pylist() for s, t in
              {"preprocess": pre_rows, **rows}.items()}
-    dhash = data_hash(pre_rows, indexes, {**files, "image_input": [image_column]})
+    extra = {"image_input": [image_column]}
+    if not require_grade:
+        extra["ungraded"] = ["kept"]
+    dhash = data_hash(pre_rows, indexes, {**files, **extra})
     root = stage_dir(cfg.output.dir, STAGE)
     out = fs.join(root, dhash)
     marker = fs.join(out, SUCCESS_FILE)
@@ -368,7 +378,7 @@ def build_fusion_data(cfg: Config, stages: Sequence[str]) -> FusionData:
     n = pre_rows.num_rows
     schema = index_schema(stages)
     table = mark_rows(joined, stages=stages, schema=schema, data_hash=dhash, stage_errors=stage_errors,
-                      stage_paths=stage_paths, image_column=image_column)
+                      stage_paths=stage_paths, image_column=image_column, require_grade=require_grade)
     ok_mask = pc.equal(table.column(C.STATUS), C.STATUS_OK)
     ok, bad = table.filter(ok_mask), table.filter(pc.invert(ok_mask))
     for status, part in ((C.STATUS_OK, ok), (C.STATUS_QUARANTINED, bad)):
@@ -388,11 +398,12 @@ def build_fusion_data(cfg: Config, stages: Sequence[str]) -> FusionData:
                          f"reasons: {summary.quarantine_reasons}")
     kinds = _lesion_kinds(ok, out) if "pseudo_labels" in stages else ()
     inputs = {"preprocess": pre_dir, **stage_paths}
+    kind = {"image_input": image_column, "require_grade": require_grade}
     info = {"format_version": FORMAT_VERSION, "data_hash": dhash, "stages": list(stages), "rows_in": n,
             "written": summary.written, "quarantined": summary.quarantined, "lesion_kinds": list(kinds),
-            "inputs": inputs, "seconds": elapsed}
+            "inputs": inputs, **kind, "seconds": elapsed}
     fs.write_text(marker, json.dumps(info, indent=2))
-    _remove_superseded(root, out, stages, inputs)
+    _remove_superseded(root, out, stages, inputs, kind)
     log.info("fusion data %s: %d images -> %d joined + %d quarantined in %.1f s -> %s", dhash, n, summary.written,
              summary.quarantined, elapsed, out)
     return FusionData(path=out, data_hash=dhash, stages=stages, rows_in=n, written=summary.written,
@@ -559,5 +570,5 @@ def decode_batch(batch: dict, *, spec, augment: bool) -> dict:
     return decode_rows(batch, spec, augment=augment, rng=np.random.default_rng() if augment else None)
 
 
-__all__ = ["FusionData", "IMAGE_INPUT_COLUMNS", "MODALITY_STAGES", "STAGES", "build_fusion_data", "decode_batch", "fold_datasets",
-           "fusion_schema", "mark_rows", "read_index", "stage_input", "stages_for"]
+__all__ = ["FusionData", "MODALITY_STAGES", "STAGES", "build_fusion_data", "decode_batch", "fold_datasets",
+           "fusion_schema", "mark_rows", "read_index", "rows_dataset", "stage_input", "stages_for"]

@@ -11,7 +11,6 @@ from typing import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dr_ray.config import RayConfig
 from dr_ray.io import columns as C
@@ -285,7 +284,8 @@ def scan_outputs(stage_path: str, *, remove_incomplete: bool = True, run_id: str
 
 
 def _field_type(name: str) -> pa.DataType:
-    for schema in (C.CATALOG_SCHEMA, C.PREPROCESS_SCHEMA, C.VESSELS_SCHEMA, C.PSEUDO_LABELS_SCHEMA):
+    for schema in (C.CATALOG_SCHEMA, C.PREPROCESS_SCHEMA, C.VESSELS_SCHEMA, C.PSEUDO_LABELS_SCHEMA,
+                   C.PREDICTIONS_SCHEMA):
         if name in schema.names:
             return schema.field(name).type
     return pa.null()

@@ -25,8 +25,9 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
        padding: 0 1rem; color: #1d1d1f; line-height: 1.45; }
 h1 { border-bottom: 2px solid #3a6ea5; padding-bottom: .3rem; }
 h2, h3, h4, h5, h6 { color: #23466e; margin-top: 1.8rem; }
+.table-wrap { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .92rem; }
-th, td { border: 1px solid #c9d3de; padding: .25rem .6rem; text-align: right; }
+th, td { border: 1px solid #c9d3de; padding: .25rem .6rem; text-align: right; overflow-wrap: anywhere; }
 th { background: #e8eef5; }
 td:first-child, th:first-child { text-align: left; }
 tbody tr:nth-child(even) { background: #f6f8fb; }
@@ -34,6 +35,7 @@ table.kv th { text-align: left; }
 figure { margin: 1rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #dde3ea; }
 figcaption { font-size: .9rem; color: #555; margin-top: .3rem; }
+p, h1, h2, h3, figcaption { overflow-wrap: anywhere; }
 """.strip()
 
 
@@ -110,7 +112,8 @@ class Report:
         body = "\n".join(
             "<tr>" + "".join(f"<td>{html.escape(format_value(r.get(c), fmt))}</td>" for c in cols) + "</tr>" for r in rows
         )
-        self._parts.append(f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>")
+        self._parts.append(f'<div class="table-wrap"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n'
+                           "</tbody>\n</table></div>")
         return self
 
     def add_key_values(self, mapping: Mapping[str, object], floatfmt: str = ".3f") -> Report:
@@ -122,7 +125,7 @@ class Report:
             f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(format_value(v, fmt))}</td></tr>"
             for k, v in mapping.items()
         )
-        self._parts.append(f'<table class="kv">\n<tbody>\n{body}\n</tbody>\n</table>')
+        self._parts.append(f'<div class="table-wrap"><table class="kv">\n<tbody>\n{body}\n</tbody>\n</table></div>')
         return self
 
     def add_image(self, png_bytes: bytes, caption: str = "", width: int | None = None) -> Report:

@@ -20,7 +20,8 @@ from sklearn.metrics import average_precision_score, confusion_matrix, precision
 
 from dr_ray.training.classification_metrics import _check_labels, _check_probs, expected_calibration_error, reliability_bins
 
-__all__ = ["calibration_png", "confusion_matrix_png", "histogram_png", "image_grid_png", "pr_curve_png", "roc_curve_png"]
+__all__ = ["AV_COLOURS", "LESION_COLOURS", "calibration_png", "confusion_matrix_png", "fundus_maps_png",
+           "histogram_png", "image_grid_figure", "image_grid_png", "pr_curve_png", "roc_curve_png", "wrap_caption"]
 
 
 def _new_figure(width_in: float, height_in: float) -> Figure:
@@ -212,10 +213,15 @@ def histogram_png(values: np.ndarray, bins: int = 30, title: str = "", xlabel: s
 
 def image_grid_png(images: Sequence[np.ndarray], captions: Sequence[str], ncols: int = 4, *, tile_in: float = 2.5,
                    dpi: int = 100) -> bytes:
-    """Images (each (H, W, 3) uint8 RGB, sizes may differ) in a grid of ``ncols`` columns, a caption above each.
+    """Images (each (H, W, 3) uint8 RGB, sizes may differ) in a grid of ``ncols`` columns, a caption above each
+    (wrapped to its tile: :func:`wrap_caption`). Used for Grad-CAM overlays and the most uncertain cases;
+    ``tile_in`` is the tile side in inches."""
+    return _to_png(image_grid_figure(images, captions, ncols, tile_in=tile_in), dpi)
 
-    Used for Grad-CAM overlays and the most uncertain cases; ``tile_in`` is the tile side in inches.
-    """
+
+def image_grid_figure(images: Sequence[np.ndarray], captions: Sequence[str], ncols: int = 4, *,
+                      tile_in: float = 2.5) -> Figure:
+    """The figure of :func:`image_grid_png` (tests measure where its captions land)."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
         images = list(images)
     if not isinstance(images, Sequence) or len(images) == 0:
@@ -232,11 +238,112 @@ def image_grid_png(images: Sequence[np.ndarray], captions: Sequence[str], ncols:
         raise ValueError(f"tile_in must be in [0.5, 10] inches, got {tile_in!r}")
     cols = min(int(ncols), len(images))
     rows = math.ceil(len(images) / cols)
-    fig = _new_figure(cols * tile_in, rows * (tile_in + 0.3))
+    wrapped = [wrap_caption(str(c), tile_in) for c in captions]
+    lines = max(c.count("\n") + 1 for c in wrapped)
+    fig = _new_figure(cols * tile_in, rows * (tile_in + CAPTION_LINE_IN * lines + 0.1))
+    fig.get_layout_engine().set(h_pad=0.1)  # room above each caption (the first line touched the edge)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axes:
         ax.set_axis_off()
-    for ax, im, cap in zip(axes, images, captions):
+    for ax, im, cap in zip(axes, images, wrapped):
         ax.imshow(np.asarray(im), interpolation="nearest")
-        ax.set_title(str(cap), fontsize="small")
+        ax.set_title(cap, fontsize=CAPTION_PT)
+    return fig
+
+
+CAPTION_PT = 8  # caption font size, points
+CAPTION_LINE_IN = CAPTION_PT * 1.25 / 72  # height of one caption line, inches
+
+
+def wrap_caption(caption: str, tile_in: float) -> str:
+    """``caption`` with each line wrapped to the width of a ``tile_in``-inch tile (a character of the caption font
+    is ~0.55 em wide), so the captions of neighbouring tiles never run into each other."""
+    import textwrap
+
+    width = max(8, int(tile_in * 72 / (CAPTION_PT * 0.6)))
+    return "\n".join(textwrap.fill(line, width, break_long_words=True) or "" for line in caption.split("\n"))
+
+
+# A/V codes of the vessel graph (dr_ray.vessels.graph: -1 unknown, 1 artery, 2 vein, 3 crossing) -> edge colours
+AV_COLOURS = {1: ("#e8291c", "artery"), 2: ("#1f5fe0", "vein"), 3: ("#b030c8", "crossing"), -1: ("#d0d0d0", "unknown")}
+LESION_COLOURS = {"ma": "#ffe600", "he": "#ff2d2d", "ex": "#2dff6e", "se": "#38d8ff"}  # per lesion kind
+
+
+def fundus_maps_png(samples: Sequence[Mapping], *, tile_in: float = 2.6, dpi: int = 100) -> bytes:
+    """One row per sample image, three panels: the fundus with the vessel probability map over it; the vessel
+    graph drawn over the fundus (edges coloured artery / vein / crossing / unknown, junctions as dots and
+    endpoints as triangles), the optic disc and the CRAE/CRVE measurement zone (``zone_dd`` = (inner, outer)
+    radii in disc diameters); the lesion maps overlaid, one colour per kind.
+
+    Each sample: ``image`` (S, S, 3) uint8, ``caption`` str, and optional ``vessel_prob`` (S, S) in [0, 1],
+    ``pos`` (N, 2) node (x, y) px, ``edges`` (E, 2) node pairs, ``edge_av`` (E,), ``node_kind`` (N,)
+    (1 junction, 2 endpoint), ``disc`` (cx, cy, diameter) px or None, ``zone_dd`` (inner, outer),
+    ``lesions`` (K, L, L) in [0, 1] with ``lesion_kinds`` (K names). A missing part is drawn as "not available".
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Circle, Patch
+
+    if not samples:
+        raise ValueError("fundus_maps_png needs at least one sample")
+    fig = _new_figure(3 * tile_in, len(samples) * (tile_in + 0.45))
+    axes = fig.subplots(len(samples), 3, squeeze=False)
+    for row, s in zip(axes, samples):
+        img = np.asarray(s["image"])
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"sample image must be (S, S, 3) uint8, got {img.shape} {img.dtype}")
+        h, w = img.shape[:2]
+        for ax, title in zip(row, ("vessel probability", "vessel graph, disc, zone", "lesion maps")):
+            ax.imshow(img, interpolation="bilinear")
+            ax.set_axis_off()
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
+            ax.set_title(wrap_caption(f"{s['caption']}\n{title}", tile_in), fontsize=CAPTION_PT)
+        prob = s.get("vessel_prob")
+        if prob is not None:
+            row[0].imshow(np.asarray(prob, np.float32), cmap="magma", alpha=0.6, vmin=0, vmax=1,
+                          extent=(0, w, h, 0))
+        else:
+            row[0].text(w / 2, h / 2, "no probability map stored", ha="center", color="white", fontsize=CAPTION_PT)
+        pos = s.get("pos")
+        if pos is not None and len(pos):
+            pos = np.asarray(pos, np.float32).reshape(-1, 2)
+            edges = np.asarray(s.get("edges", np.zeros((0, 2))), np.int64).reshape(-1, 2)
+            av = np.asarray(s.get("edge_av", np.full(len(edges), -1)), np.float64).ravel()
+            segs = pos[edges] if len(edges) else np.zeros((0, 2, 2), np.float32)
+            colours = [AV_COLOURS.get(int(a) if np.isfinite(a) else -1, AV_COLOURS[-1])[0] for a in av]
+            row[1].add_collection(LineCollection(segs, colors=colours, linewidths=1.2))
+            kind = np.asarray(s.get("node_kind", np.zeros(len(pos))), np.int64).ravel()
+            for k, marker, colour in ((1, "o", "#ffffff"), (2, "^", "#ffd400")):
+                m = kind == k
+                row[1].scatter(pos[m, 0], pos[m, 1], s=7, marker=marker, c=colour, linewidths=0)
+        disc = s.get("disc")
+        if disc is not None and all(v is not None and np.isfinite(v) for v in disc):
+            cx, cy, d = map(float, disc)
+            row[1].add_patch(Circle((cx, cy), d / 2, fill=False, ec="white", lw=1.2))
+            for r in s.get("zone_dd", (1.0, 1.5)):
+                row[1].add_patch(Circle((cx, cy), r * d, fill=False, ec="#7cff7c", lw=0.9, ls="--"))
+        else:
+            row[1].text(w / 2, 0.95 * h, "optic disc not found", ha="center", color="white", fontsize=CAPTION_PT)
+        maps = s.get("lesions")
+        if maps is not None and len(maps):
+            maps = np.asarray(maps, np.float32)
+            for kind_name, m in zip(s.get("lesion_kinds", ()), maps):
+                rgba = np.zeros((*m.shape, 4), np.float32)
+                rgba[..., :3] = _hex_rgb(LESION_COLOURS.get(kind_name, "#ffffff"))
+                rgba[..., 3] = np.clip(m, 0, 1) * 0.8
+                row[2].imshow(rgba, extent=(0, w, h, 0), interpolation="nearest")
+        else:
+            row[2].text(w / 2, h / 2, "no lesion maps joined", ha="center", color="white", fontsize=CAPTION_PT)
+    handles = [Line2D([0], [0], color=c, lw=2, label=n) for c, n in AV_COLOURS.values()]
+    handles += [Line2D([0], [0], marker="o", ls="", color="#ffffff", mec="k", label="junction"),
+                Line2D([0], [0], marker="^", ls="", color="#ffd400", mec="k", label="endpoint"),
+                Line2D([0], [0], color="#7cff7c", ls="--", label="CRAE/CRVE zone")]
+    handles += [Patch(color=c, label=k) for k, c in LESION_COLOURS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncols=6, fontsize=CAPTION_PT, frameon=False)
     return _to_png(fig, dpi)
+
+
+def _hex_rgb(colour: str) -> tuple[float, float, float]:
+    c = colour.lstrip("#")
+    return tuple(int(c[i:i + 2], 16) / 255 for i in (0, 2, 4))

@@ -34,8 +34,10 @@ def patient_level_line(cv: Mapping) -> str:
             "different folds and every number below may be optimistic")
 
 
-def pooled_rows(metrics: Mapping[str, Mapping], keys: Sequence[str], floatfmt: str = ".3f") -> list[dict]:
-    """One row per metric of :func:`~dr_ray.training.stats.bootstrap_metrics` output: estimate, CI and how."""
+def pooled_rows(metrics: Mapping[str, Mapping], keys: Sequence[str], floatfmt: str = ".3f", *,
+                split: str = "pooled out-of-fold") -> list[dict]:
+    """One row per metric of :func:`~dr_ray.training.stats.bootstrap_metrics` output: estimate, CI and how;
+    ``split`` names the predictions the metrics come from."""
     rows = []
     for k in keys:
         r = metrics.get(k)
@@ -46,7 +48,7 @@ def pooled_rows(metrics: Mapping[str, Mapping], keys: Sequence[str], floatfmt: s
                if r.get("n_boot") else "no bootstrap")
         if r.get("n_undefined"):
             how += f", {r['n_undefined']} undefined"
-        rows.append({"metric": k, "split": "pooled out-of-fold", "estimate": r.get("estimate"),
+        rows.append({"metric": k, "split": split, "estimate": r.get("estimate"),
                      f"{r.get('confidence', 0.95):.0%} CI": ci, "interval": how,
                      "note": r.get("reason") or r.get("note") or ""})
     return rows

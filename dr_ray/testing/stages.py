@@ -29,7 +29,7 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
 def write_stage_outputs(root: str | Path, *, n_patients: int = 8, size: int = 48, map_size: int = 16,
                         nodes: int = 3, folds: int = 2, flaws: bool = True, seed: int = 0,
-                        rows_per_file: int = 5) -> list[str]:
+                        rows_per_file: int = 5, dataset: str = "synthetic") -> list[str]:
     """Write ``preprocess/``, ``pseudo_labels/`` and ``vessels/`` stage folders (``status=*/`` Parquet shards in the
     stages' schemas) for ``2 * n_patients`` images, without running any model; returns the image ids.
 
@@ -40,6 +40,7 @@ def write_stage_outputs(root: str | Path, *, n_patients: int = 8, size: int = 48
     never processed by the vessel stage (the joined data must quarantine all three with their reasons).
     Every image also has its one-channel maps, as the stages store them: ``canny_png`` (preprocess,
     ``extra_maps: [canny]``) and ``vessel_prob_png`` (vessels), both showing the bright square of referable images.
+    ``dataset`` names the cohort: ids ``<dataset>/<patient>_<eye>`` (another seed and name: a second cohort).
     """
     from dr_ray.imaging import encode_lesion_maps, encode_png
 
@@ -50,14 +51,14 @@ def write_stage_outputs(root: str | Path, *, n_patients: int = 8, size: int = 48
     s = size / 48
     for p in range(n_patients):
         for eye in ("left", "right"):
-            iid = f"synthetic/{p}_{eye}"
+            iid = f"{dataset}/{p}_{eye}"
             ids.append(iid)
             grade = int([0, 3, 0, 2, 4, 0, 1, 3][p % 8])
             ref = grade >= 2
             img = rng.integers(20, 80, (size, size, 3), dtype=np.uint8)
             if ref:
                 img[int(10 * s):int(30 * s), int(10 * s):int(30 * s)] = 220
-            cat = {C.IMAGE_ID: iid, C.PATIENT_ID: f"synthetic/{p}", C.EYE: eye, C.DATASET: "synthetic",
+            cat = {C.IMAGE_ID: iid, C.PATIENT_ID: f"{dataset}/{p}", C.EYE: eye, C.DATASET: dataset,
                    C.PATH: f"/nowhere/{p}_{eye}.jpeg", C.GRADE: grade, C.REFERABLE: ref, C.FOLD: p % folds}
             grey = img.mean(axis=2)
             edges = np.zeros((size, size), np.uint8)
@@ -85,10 +86,10 @@ def write_stage_outputs(root: str | Path, *, n_patients: int = 8, size: int = 48
                         "avr_parr_hubbard": None if p == 2 else 0.75 - 0.05 * ref,
                         "glcm_contrast": 10.0, "glcm_entropy": 5.0, C.BIOMARKER_REASONS: "{}"})
     if flaws:
-        pre[0][C.GRADE], pre[0][C.REFERABLE] = None, None  # synthetic/0_left: no label
-        les[3].update({C.STATUS: C.STATUS_QUARANTINED, C.ERROR: "synthetic/1_right: model exploded",
+        pre[0][C.GRADE], pre[0][C.REFERABLE] = None, None  # <dataset>/0_left: no label
+        les[3].update({C.STATUS: C.STATUS_QUARANTINED, C.ERROR: f"{ids[3]}: model exploded",
                        C.LESION_MAPS_PNG: None, C.LESION_MAP_KINDS: None})
-        del ves[5]  # synthetic/2_right: never processed by the vessel stage
+        del ves[5]  # <dataset>/2_right: never processed by the vessel stage
     for stage, rows, schema in (("preprocess", pre, C.PREPROCESS_SCHEMA), ("pseudo_labels", les,
                                                                         C.PSEUDO_LABELS_SCHEMA),
                                 ("vessels", ves, C.VESSELS_SCHEMA)):

@@ -8,7 +8,16 @@ OpenCV into each of those processes (seconds of CPU per process on a small node)
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy re-export below provides, for type checkers and IDEs (never run)
+    from dr_ray.training.data import (VesselImage, VesselRecord, augment, load_vessel_image, load_vessel_images,
+                                      patch_batches, sample_patch_origins, split_by_patient, train_data_hash)
+    from dr_ray.training.lesion_losses import LesionLoss
+    from dr_ray.training.lesion_metrics import LesionMeter
+    from dr_ray.training.loops import evaluate, predict_image, train_one_epoch
+    from dr_ray.training.losses import DiceBCELoss
+    from dr_ray.training.metrics import SegmentationMeter, segmentation_metrics
 
 _EXPORTS = {
     "dr_ray.training.data": ("VesselImage", "VesselRecord", "augment", "load_vessel_image", "load_vessel_images",

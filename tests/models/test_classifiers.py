@@ -70,7 +70,7 @@ TINY = {
 
 
 def _registered() -> list[str]:
-    return [n for n in list_models() if registry._REGISTRY[n].__module__ == "dr_ray.models.classifiers"]
+    return [n for n in list_models() if registry._REGISTRY[n].__module__.startswith("dr_ray.models.classifiers")]
 
 
 def _graph(n: int, g: torch.Generator) -> Data:

@@ -54,7 +54,7 @@ def test_demo_stage_outputs_reconcile(demo):
 
 
 @pytest.mark.slow
-def test_demo_train_tune_evaluate_outputs(demo):
+def test_demo_train_tune_evaluate_outputs(demo, assert_in_browser):
     from dr_ray.config import load_config
     from dr_ray.models import load_model_dir
 
@@ -81,5 +81,9 @@ def test_demo_train_tune_evaluate_outputs(demo):
 
     report = (out / "train_smoke" / "evaluation" / "report.html").read_text()
     assert "Cross-validation (out-of-fold)" in report and "Grad-CAM" in report
+    # the demo's vessel and lesion stages ran: the sample panels show the graph, the disc zone and the lesion maps
+    assert "Vessels, optic disc and lesions of sample images" in report and "crae_parr_hubbard_um" in report
+    if assert_in_browser is not None:  # as a user sees it (CI installs Chromium; see tests/conftest.py)
+        assert_in_browser(out / "train_smoke" / "evaluation" / "report.html")
     metrics = json.loads((out / "train_smoke" / "evaluation" / "metrics.json").read_text())
     assert metrics["counts"][0]["rows_in"] == metrics["counts"][0]["predicted"] + metrics["counts"][0]["quarantined"]

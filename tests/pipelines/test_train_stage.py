@@ -164,7 +164,7 @@ def test_kfold_training_exports_the_best_epoch_with_cv_and_paired_test(stages, f
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_evaluation_report(stages, fusion_run):
+def test_evaluation_report(stages, fusion_run, assert_in_browser):
     from dr_ray.pipelines.evaluate import run_evaluate
 
     s = run_evaluate(_cfg(stages, "train.name=gf", "evaluate.mc_samples=3", "evaluate.gradcam_images=2",
@@ -173,15 +173,90 @@ def test_evaluation_report(stages, fusion_run):
     assert all(c["rows_in"] == c["predicted"] + c["quarantined"] for c in s["counts"])
     html = Path(s["report"]).read_text()
     for section in ("Cross-validation (out-of-fold)", "ROC", "Calibration", "Predictive entropy",
-                    "Most uncertain cases", "Grad-CAM", "Paired test against"):
+                    "Most uncertain cases", "Grad-CAM", "Paired test against",
+                    "Vessels, optic disc and lesions of sample images", "fractal_dimension"):
         assert section in html, section
     pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
     assert len(pngs) >= 6 and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "http://" not in html and "https://" not in html
+    if assert_in_browser is not None:  # as a user sees it (CI installs Chromium; see tests/conftest.py)
+        assert_in_browser(s["report"])
     m = s["pooled"]
     assert m["n"] == 13 and 0.0 <= m["accuracy"] <= 1.0
     ent = pq.read_table(Path(s["predictions"])).column("entropy").to_numpy()
     assert np.all((ent >= 0) & (ent <= np.log(2) + 1e-6))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_predict_a_second_cohort_with_the_fold_ensemble_then_evaluate_it_externally(stages, fusion_run,
+                                                                                     tmp_path, assert_in_browser):
+    """Train on one synthetic cohort (the module's), predict another (other seed, other ids) with the run's two
+    fold models, resume, refuse other settings, and score it with the external-validation report."""
+    from dr_ray.models import artifact_hash, load_model_dir
+    from dr_ray.pipelines.evaluate import run_evaluate
+    from dr_ray.pipelines.fusion_data import read_rows
+    from dr_ray.pipelines.predict import run_predict
+    from dr_ray.testing.stages import read_stage
+    from dr_ray.training.classify import predict
+    from dr_ray.training.fusion_data import InputSpec, batches_from_rows
+
+    cohort = tmp_path / "cohort_b"
+    ids = write_stage_outputs(cohort, seed=1, dataset="cohortb")  # 16 images, its first one has no grade
+    run_dir = stages / "gf"
+    cfg = _cfg(cohort, f"predict.run_dir={run_dir}", "predict.mc_samples=2", "predict.batch_size=4")
+    s = run_predict(cfg)
+    # graph_fusion reads the vessel stage: the image it never processed is quarantined with the join's reason;
+    # the ungraded image is predicted (predictions need no label)
+    assert (s.catalog_rows, s.written, s.quarantined, s.duplicates) == (16, 15, 1, 0) and s.reconciles
+    rows = read_stage(cohort / "predictions")
+    assert sorted(rows.column(C.IMAGE_ID).to_pylist()) == sorted(ids)
+    by_id = {r[C.IMAGE_ID]: r for r in rows.to_pylist()}
+    assert by_id["cohortb/2_right"][C.STATUS] == "quarantined"
+    assert "not in the vessels output" in by_id["cohortb/2_right"][C.ERROR]
+    ungraded = by_id["cohortb/0_left"]
+    assert ungraded[C.STATUS] == "ok" and ungraded[C.GRADE] is None and ungraded[C.PROBS] is not None
+    hashes = [artifact_hash(run_dir / f"fold_{k}" / "model") for k in (0, 1)]
+    ok = [r for r in by_id.values() if r[C.STATUS] == "ok"]
+    for r in ok:
+        assert r[C.MODEL_FOLDS] == [0, 1] and r[C.MODEL_HASHES] == hashes
+        assert sum(r[C.PROBS]) == pytest.approx(1.0, abs=1e-5) and 0.0 <= r[C.P_REFERABLE] <= 1.0
+        assert r[C.PREDICTED_REFERABLE] == (r[C.P_REFERABLE] >= 0.5) and r[C.PREDICTED_GRADE] is None
+        assert r[C.P_REFERABLE] == pytest.approx(np.mean(r[C.FOLD_P_REFERABLE]), abs=1e-5)
+        assert r[C.FOLD_SPREAD] == pytest.approx(np.std(r[C.FOLD_P_REFERABLE]), abs=1e-5)
+        assert 0.0 <= r[C.ENTROPY] <= np.log(2) + 1e-6
+    # each fold's vote is that fold model's own prediction, computed here without Ray
+    info = json.loads((cohort / "predictions" / "predict.json").read_text())
+    for j, k in enumerate((0, 1)):
+        model, meta = load_model_dir(run_dir / f"fold_{k}" / "model")
+        spec = InputSpec.from_dict(meta["extra"]["inputs"])
+        graded = [r[C.IMAGE_ID] for r in ok if r[C.GRADE] is not None]
+        got = read_rows(info["data"]["path"], spec.columns(), ids=graded).to_pydict()
+        pid, _, p = predict(model, batches_from_rows(got, spec, 4), "cpu", mean=model.spec.mean, std=model.spec.std)
+        for iid, pk in zip(pid, p):
+            assert by_id[iid][C.FOLD_P_REFERABLE][j] == pytest.approx(float(pk[1]), abs=1e-4)
+    # a rerun finds everything done; other settings are refused before anything is written
+    again = run_predict(cfg)
+    assert (again.already_done, again.written, again.quarantined, again.duplicates) == (16, 15, 1, 0)
+    with pytest.raises(ValueError, match="other models or predict settings"):
+        run_predict(_cfg(cohort, f"predict.run_dir={run_dir}", "predict.mc_samples=3"))
+    with pytest.raises(FileNotFoundError, match="cv.json not found"):
+        run_predict(_cfg(cohort, f"predict.run_dir={tmp_path}"))
+
+    ev = run_evaluate(_cfg(stages, f"evaluate.dataset={cohort}", "evaluate.bootstrap=200",
+                           "evaluate.gradcam_images=2", "evaluate.uncertain_cases=3"))
+    assert (ev["scored"], ev["ungraded"], ev["quarantined"]) == (14, 1, 1)
+    assert ev["pooled"]["n"] == 14
+    auc = ev["pooled_ci"]["auc"]
+    assert 0.0 <= auc["ci_low"] <= auc["estimate"] <= auc["ci_high"] <= 1.0
+    html = Path(ev["report"]).read_text()
+    for text in ("external validation", "trained on", "tested on", str(run_dir), "Grad-CAM", "Most uncertain cases",
+                 "ROC", "Calibration", "fold-0 model", "Vessels, optic disc and lesions of sample images"):
+        assert text in html, text
+    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(pngs) >= 6 and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    if assert_in_browser is not None:
+        assert_in_browser(ev["report"])
 
 
 @pytest.mark.ray

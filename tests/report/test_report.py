@@ -59,6 +59,51 @@ def test_confusion_matrix_normalised_and_counts_differ():
         confusion_matrix_png(y, p, "abc")
 
 
+def test_fundus_maps_draw_every_part_and_say_what_is_missing():
+    from dr_ray.report.plots import fundus_maps_png
+
+    img = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    full = {"image": img, "caption": "a: grade 3, p=0.80", "vessel_prob": RNG.random((64, 64)),
+            "pos": np.array([[10, 10], [30, 40], [50, 20]], np.float32), "edges": np.array([[0, 1], [1, 2]]),
+            "edge_av": np.array([1, 2]), "node_kind": np.array([2, 1, 2]), "disc": (32.0, 32.0, 10.0),
+            "zone_dd": (1.0, 1.5), "lesions": RNG.random((4, 16, 16)), "lesion_kinds": ["ma", "he", "ex", "se"]}
+    bare = {"image": img, "caption": "b: grade 0, p=0.10", "disc": (None, None, None)}
+    a = _decode(fundus_maps_png([full, bare]))
+    b = _decode(fundus_maps_png([{**full, "edges": np.zeros((0, 2))}, bare]))
+    assert a.shape == b.shape and not np.array_equal(a, b)  # the graph's edges are drawn
+    with pytest.raises(ValueError, match="at least one"):
+        fundus_maps_png([])
+    with pytest.raises(ValueError, match="uint8"):
+        fundus_maps_png([{**bare, "image": img.astype(np.float32)}])
+
+
+def test_grid_captions_stay_inside_their_tiles_and_never_overlap():
+    """The Grad-CAM captions as the report writes them (long ids, three facts) for 4 tiles in a row: measured on
+    the drawn figure, every caption line lies within its own tile's width and no two captions' boxes intersect."""
+    from dr_ray.report.plots import image_grid_figure
+
+    caps = [f"eyepacs/{1000 + i}_right: grade {i}\np=0.5{i}, CAM of class non-referable, no positive evidence"
+            for i in range(8)]
+    tiles = [RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
+    fig = image_grid_figure(tiles, caps, ncols=4)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert len(boxes) == 8
+    width = fig.bbox.width / 4
+    for i, b in enumerate(boxes):
+        col = i % 4
+        assert col * width - 1 <= b.x0 and b.x1 <= (col + 1) * width + 1, (i, b)
+        assert b.y1 <= fig.bbox.height - 1, (i, b)  # inside the picture, not cut at its top edge
+    images = [ax.get_window_extent(renderer) for ax in fig.axes]
+    for i in range(8):
+        assert not any(boxes[i].overlaps(im) for im in images), i  # above the pictures, not over them
+        for j in range(i + 1, 8):
+            assert not boxes[i].overlaps(boxes[j]), (i, j)
+    for ax, cap in zip(fig.axes, caps):  # wrapped, not cut: every word is still there
+        assert ax.get_title().split() == cap.split()
+
+
 def test_calibration_histogram_and_grid():
     probs = RNG.dirichlet(np.ones(5), 200)
     _decode(calibration_png(RNG.integers(0, 5, 200), probs, 10, "Calibration"))
@@ -200,3 +245,38 @@ def test_stats_tables_label_splits_clipping_reasons_and_uninformative_wilcoxon()
     assert sel == [{"fold": 0, "numbers": "selection", "split": "inner validation", "auc": 0.9}]
     html_text = Report("r").add_table(list(rows.values())).to_html()
     assert "clipped to [0, 1]" in html_text and "mean over outer test folds" in html_text
+
+
+def test_report_in_a_real_browser_loads_every_image_and_nothing_overflows(tmp_path, browser_check):
+    """A report with what real ones hold (a wide metric table, long unbreakable paths and hashes, key-values, the
+    Grad-CAM grid, the vessel/lesion panels) opened in headless Chromium: every image decodes and is shown, no
+    element sticks out of the page, no cell's text runs out of its box. Checked on the planted flaws first."""
+    from dr_ray.report.html import Report
+    from dr_ray.report.plots import fundus_maps_png, image_grid_png
+
+    img = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    r = Report("dr-ray evaluation: a run with a long name " + "x" * 80)
+    r.add_key_values({"train run": "/data/dr-ray/" + "very_long_folder_name_" * 8 + "/graph_fusion",
+                      "model hashes": ",".join(["0123456789abcdef"] * 6)})
+    keys = ["auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "qwk", "ece", "referable_auc",
+            "referable_sensitivity", "referable_specificity"]
+    r.add_table([{"split": f"outer test fold {k}", **{m: 0.5 + k / 100 for m in keys}} for k in range(5)])
+    r.add_table([{"image_id": "eyepacs/1_left", "error": "/data/eyepacs/train/" + "a" * 150 + ".jpeg: truncated"}])
+    caps = [f"eyepacs/{1000 + i}_right: grade {i % 5}\np=0.5{i}, CAM of class non-referable, no positive evidence"
+            for i in range(8)]
+    r.add_image(image_grid_png([img] * 8, caps, ncols=4), "Grad-CAM overlays")
+    r.add_image(fundus_maps_png([{"image": img, "caption": "eyepacs/1000_right: grade 3, p=0.71"}]), "panels")
+    if browser_check is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium): the report is not checked in a browser")
+    check = browser_check
+    good = check(r.write(tmp_path / "report.html"))
+    assert len(good["images"]) == 2 and all(i["ok"] and i["shown"] > 100 for i in good["images"]), good["images"]
+    assert good["problems"] == [] and good["page"] <= good["viewport"], good["problems"]
+    # the check sees a broken image and text that runs out of a fixed-width box
+    bad = (tmp_path / "report.html").read_text().replace(
+        "</body>", '<img src="data:image/png;base64,AAAA" alt="broken">'
+                   '<div style="width:50px;white-space:nowrap">' + "y" * 200 + "</div></body>")
+    (tmp_path / "bad.html").write_text(bad)
+    flawed = check(tmp_path / "bad.html")
+    assert [i["ok"] for i in flawed["images"]] == [True, True, False]
+    assert any(p[0] == "text overflows" and p[1] == "DIV" for p in flawed["problems"]), flawed["problems"]
