@@ -114,3 +114,106 @@ def test_lazy_re_exports_are_declared_for_type_checkers(package, catalog):
     declared = {a.name for node in ast.walk(tree) if isinstance(node, ast.If)
                 and getattr(node.test, "id", None) == "TYPE_CHECKING" for imp in node.body for a in imp.names}
     assert declared == served
+
+
+# ------------------------------------------------------------------------------- private names stay home
+
+# (file, home module, name): an underscore-prefixed name one dr_ray module takes from another; the set may only
+# shrink (it is empty: a helper two modules share is public in its home module).
+KNOWN_PRIVATE: set[tuple[str, str, str]] = set()
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _module_name(path: Path, pkg: Path) -> str:
+    parts = list(path.relative_to(pkg.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(dotted: str, pkg: Path) -> bool:
+    parts = dotted.split(".")
+    base = pkg.parent.joinpath(*parts)
+    return parts[0] == pkg.name and (base.with_suffix(".py").is_file() or (base / "__init__.py").is_file())
+
+
+def _private_imports(pkg: Path = PKG):
+    """(file, home module, name) for every ``from <dr_ray module> import _name`` (relative ones too) and every
+    ``<alias of a dr_ray module>._name`` in a module other than that home module (module level and inside
+    functions; dunder names such as ``__version__`` are not private)."""
+    out = set()
+    for path in sorted(pkg.rglob("*.py")):
+        me = _module_name(path, pkg)
+        here = me if path.name == "__init__.py" else me.rpartition(".")[0]
+        rel = str(path.relative_to(pkg.parent))
+        tree = ast.parse(path.read_text())
+        modules = {}  # local name -> the dr_ray module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    modules[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    up = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                    mod = ".".join(up + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                if mod.split(".")[0] != pkg.name:
+                    continue
+                for a in node.names:
+                    if _private(a.name) and mod != me:
+                        out.add((rel, mod, a.name))
+                    if _is_module(f"{mod}.{a.name}", pkg):
+                        modules[a.asname or a.name] = f"{mod}.{a.name}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                chain, base = [], node.value
+                while isinstance(base, ast.Attribute):
+                    chain.append(base.attr)
+                    base = base.value
+                if isinstance(base, ast.Name) and base.id in modules:
+                    mod = ".".join([modules[base.id], *reversed(chain)])
+                    if mod != me and _is_module(mod, pkg):
+                        out.add((rel, mod, node.attr))
+    return out
+
+
+def test_no_private_imports_across_modules():
+    """A helper another module needs is public in its home module (no ``_name`` imports across modules)."""
+    found = _private_imports()
+    new = sorted(found - KNOWN_PRIVATE)
+    assert not new, ("underscore-prefixed names imported from another dr_ray module (file, home, name); give them "
+                     "a public name in their home module: " + "; ".join(map(str, new)))
+    gone = sorted(KNOWN_PRIVATE - found)
+    assert not gone, f"fixed: remove from KNOWN_PRIVATE: {gone}"
+
+
+def test_the_private_import_checker_sees_violations(tmp_path):
+    """Every way of reaching another module's private name is reported, and nothing else, on a probe package in
+    tmp_path (never in the source tree)."""
+    probe = tmp_path / "dr_ray"
+    (probe / "a").mkdir(parents=True)
+    (probe / "b").mkdir()
+    for d in (probe, probe / "a", probe / "b"):
+        (d / "__init__.py").write_text("")
+    (probe / "a" / "helpers.py").write_text(
+        "__version__ = '1'\n_x = 1\ny = 2\n\ndef f():\n    from dr_ray.a import helpers\n    return helpers._x\n")
+    (probe / "a" / "rel.py").write_text("from .helpers import _x\nfrom . import helpers\nfrom .helpers import y\n")
+    (probe / "b" / "inner.py").write_text(
+        "def g():\n    from dr_ray.a.helpers import _x, y\n    return _x, y\n")
+    (probe / "b" / "from_alias.py").write_text("from dr_ray.a import helpers as h\n\ndef g():\n    return h._x, h.y\n")
+    (probe / "b" / "import_as.py").write_text("import dr_ray.a.helpers as hh\n\nv = hh._x\n")
+    (probe / "b" / "dotted.py").write_text("import dr_ray.a.helpers\n\nv = dr_ray.a.helpers._x\n")
+    (probe / "b" / "ok.py").write_text(
+        "import os\nfrom os import _exit\nfrom dr_ray.a import helpers\nfrom dr_ray.a.helpers import __version__, y\n\n"
+        "def g():\n    return os._exit, y, helpers.y, helpers.__name__\n")
+    (probe / "b" / "parent.py").write_text("from ..a.helpers import _x\n")
+    assert _private_imports(probe) == {
+        ("dr_ray/a/rel.py", "dr_ray.a.helpers", "_x"),
+        ("dr_ray/b/inner.py", "dr_ray.a.helpers", "_x"),
+        ("dr_ray/b/from_alias.py", "dr_ray.a.helpers", "_x"),
+        ("dr_ray/b/import_as.py", "dr_ray.a.helpers", "_x"),
+        ("dr_ray/b/dotted.py", "dr_ray.a.helpers", "_x"),
+        ("dr_ray/b/parent.py", "dr_ray.a.helpers", "_x"),
+    }

@@ -37,7 +37,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, path)
+        return build_config(tp, value, path)
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -83,7 +83,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported field type {tp!r}")  # a schema bug, not a user error
 
 
-def _build(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+def build_config(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """The config dataclass ``cls`` from the mapping ``data``, every value type-checked (nested dataclasses
+    too); raises ConfigError naming the dotted key under ``path`` (e.g. ``"train"``) for an unknown key or a
+    bad value."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -173,7 +176,7 @@ def load_config(
     for text in overrides:
         keys, value = parse_override(text)
         tree = _set_path(tree, keys, value)
-    return _build(cls, tree)
+    return build_config(cls, tree)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -42,7 +42,8 @@ METADATA_FILE = "metadata.json"
 _REPO_DIR = Path(__file__).resolve().parents[2]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of the file at ``path`` (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -105,7 +106,7 @@ def save_model_dir(model: nn.Module, path: str | Path, *, config: dict, train_da
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = out / WEIGHTS_FILE
     torch.save(state, weights)
-    meta["model_sha256"] = _sha256(weights)
+    meta["model_sha256"] = file_sha256(weights)
     meta_text = json.dumps(meta, indent=2, sort_keys=True)
     (out / METADATA_FILE).write_text(meta_text + "\n")
     logger.info("saved %s (%s, sha256 %s) to %s", spec.name, spec.kwargs, meta["model_sha256"][:12], out)
@@ -135,7 +136,7 @@ def load_model_dir(path: str | Path, *, map_location: str | torch.device = "cpu"
     weights = d / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found")
-    actual = _sha256(weights)
+    actual = file_sha256(weights)
     if actual != meta.get("model_sha256"):
         raise ValueError(f"{weights}: sha256 {actual} does not match metadata.json's model_sha256 "
                          f"{meta.get('model_sha256')} (file modified or truncated)")
@@ -164,4 +165,4 @@ def artifact_hash(path: str | Path, n: int = 12) -> str:
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found")
-    return _sha256(weights)[:n]
+    return file_sha256(weights)[:n]

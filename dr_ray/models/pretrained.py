@@ -304,10 +304,10 @@ def load_backbone_file(model: nn.Module, uri: str) -> dict[str, Any]:
     plain_sd = plain.state_dict()
     where = f"{type(model).__name__}.{attr} ({arch})"
     if features:
-        from dr_ray.models.transfer import _rename
+        from dr_ray.models.transfer import rename_state_keys
 
         own = backbone.state_dict()
-        names, _ = _rename({k: k for k in plain_sd}, set(own))  # feature-net key -> plain key
+        names, _ = rename_state_keys({k: k for k in plain_sd}, set(own))  # feature-net key -> plain key
         unmapped = sorted(set(own) - set(names))
         if unmapped:  # a timm naming transfer.py does not know: a dr-ray bug, not the file's
             raise RuntimeError(f"cannot map {arch} feature-net keys {unmapped[:_SHOW]} to the plain model's")

@@ -54,7 +54,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["mean"], d["std"], d["kwargs"] = list(self.mean), list(self.std), _jsonable(dict(self.kwargs))
+        d["mean"], d["std"], d["kwargs"] = list(self.mean), list(self.std), jsonable(dict(self.kwargs))
         return d
 
     @classmethod
@@ -68,12 +68,12 @@ class ModelSpec:
                    std=tuple(float(v) for v in d["std"]), output=d["output"], kwargs=dict(d.get("kwargs", {})))
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
     """Tuples -> lists (JSON has no tuples) so that a saved spec compares equal to a reloaded one."""
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {k: jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     return v
 
 

@@ -29,14 +29,14 @@ import torch
 from torch import nn
 
 from dr_ray.io.columns import LESION_KINDS
-from dr_ray.models.registry import ModelSpec, _jsonable, register_model
+from dr_ray.models.registry import ModelSpec, jsonable, register_model
 from dr_ray.models.unet import (
     DEFAULT_DECODER_CHANNELS,
     ConvBNReLU,
     DecoderBlock,
     TimmUNet,
-    _spec_stats,
     create_encoder,
+    spec_stats,
 )
 
 logger = logging.getLogger(__name__)
@@ -202,13 +202,13 @@ def swin_unet(lesion_kinds: Sequence[str] = DEFAULT_LESION_KINDS, encoder: str =
     model = SwinUNet(encoder=encoder, in_chans=in_chans, classes=len(kinds), input_size=input_size,
                      window_size=window_size, pretrained=pretrained, decoder_channels=decoder_channels,
                      stem_channels=stem_channels, encoder_kwargs=encoder_kwargs)
-    mean, std = _spec_stats(model.encoder, in_chans)
+    mean, std = spec_stats(model.encoder, in_chans)
     model.spec = ModelSpec(
         name="swin_unet", in_channels=in_chans, out_channels=len(kinds), input_size=input_size, mean=mean, std=std,
         output="sigmoid",
         kwargs=dict(lesion_kinds=list(kinds), encoder=encoder, in_chans=in_chans, input_size=input_size,
                     window_size=window_size, decoder_channels=list(model_decoder_channels(model)),
-                    stem_channels=[int(c) for c in stem_channels], encoder_kwargs=_jsonable(dict(encoder_kwargs or {}))))
+                    stem_channels=[int(c) for c in stem_channels], encoder_kwargs=jsonable(dict(encoder_kwargs or {}))))
     return model
 
 
@@ -239,7 +239,7 @@ def lesion_unet(lesion_kinds: Sequence[str] = DEFAULT_LESION_KINDS, encoder: str
     init_head_prior(model.head)
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size % model.max_reduction:
         raise ValueError(f"input_size must be an int divisible by {model.max_reduction}, got {input_size!r}")
-    mean, std = _spec_stats(model.encoder, in_chans)
+    mean, std = spec_stats(model.encoder, in_chans)
     model.spec = ModelSpec(
         name="lesion_unet", in_channels=in_chans, out_channels=len(kinds), input_size=input_size, mean=mean,
         std=std, output="sigmoid",

@@ -36,8 +36,8 @@ import timm
 import torch
 from torch import nn
 
-from dr_ray.models.artifacts import _sha256 as _file_sha256
-from dr_ray.models.registry import ModelSpec, _jsonable
+from dr_ray.models.artifacts import file_sha256
+from dr_ray.models.registry import ModelSpec, jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def encoder_info(model: nn.Module) -> dict[str, Any]:
         timm_kwargs = {"in_chans": int(first_conv.shape[1])}
     info: dict[str, Any] = {
         "encoder": name,
-        "timm_kwargs": _jsonable(timm_kwargs),
+        "timm_kwargs": jsonable(timm_kwargs),
         "feature_channels": [int(c) for c in enc.feature_info.channels()],
         "feature_reductions": [int(r) for r in enc.feature_info.reduction()],
         "input_size": None, "mean": None, "std": None, "source_model": None,
@@ -97,9 +97,13 @@ def build_encoder(info: Mapping[str, Any], *, pretrained: bool = False) -> nn.Mo
     return timm.create_model(info["encoder"], features_only=True, pretrained=pretrained, **dict(info["timm_kwargs"]))
 
 
-def _rename(state: Mapping[str, torch.Tensor], target_keys: set[str]) -> tuple[dict[str, torch.Tensor], str]:
+def rename_state_keys(state: Mapping[str, torch.Tensor], target_keys: set[str]) -> tuple[dict[str, torch.Tensor], str]:
     """Pick the key naming of ``state`` (as is, or with timm's feature-net renaming undone/applied) that
-    overlaps most with the target's keys."""
+    overlaps most with the target's keys.
+
+    Returns ``(renamed state, how)``, ``how`` one of ``"none"``, ``"feature_net_to_model"``,
+    ``"model_to_feature_net"`` (ties go to ``"none"``).
+    """
     candidates = {
         "none": dict(state),
         "feature_net_to_model": {_FLAT_TO_NESTED.sub(r"\1.\2.", k): v for k, v in state.items()},
@@ -124,7 +128,7 @@ def load_encoder(target: nn.Module, state: Mapping[str, torch.Tensor], strict: b
         raise ValueError("state is empty")
     module = target.encoder if isinstance(getattr(target, "encoder", None), nn.Module) else target
     own = module.state_dict()
-    renamed, how = _rename(state, set(own))
+    renamed, how = rename_state_keys(state, set(own))
     missing = sorted(set(own) - set(renamed))
     unexpected = sorted(set(renamed) - set(own))
     shapes = [f"{k}: state {tuple(renamed[k].shape)} vs target {tuple(own[k].shape)}"
@@ -183,7 +187,7 @@ def save_encoder(model: nn.Module, path: str | Path, *, source_model_hash: str |
     json.dumps(meta)  # fail on a non-JSON value before writing anything
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
-    meta["encoder_sha256"] = _file_sha256(path)
+    meta["encoder_sha256"] = file_sha256(path)
     _sidecar(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     logger.info("saved %s encoder (%d tensors, from %s) to %s", info["encoder"], len(state), info["source_model"], path)
     return path
@@ -205,7 +209,7 @@ def load_encoder_file(path: str | Path, *, map_location: str | torch.device = "c
     meta = json.loads(side.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{side}: format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}")
-    actual = _file_sha256(path)
+    actual = file_sha256(path)
     if actual != meta.get("encoder_sha256"):
         raise ValueError(f"{path}: sha256 {actual} does not match {side.name}'s encoder_sha256 "
                          f"{meta.get('encoder_sha256')} (file modified or truncated)")
@@ -219,4 +223,4 @@ def load_encoder_file(path: str | Path, *, map_location: str | torch.device = "c
 
 
 __all__ = ["EncoderLoadReport", "build_encoder", "encoder_info", "encoder_state_dict", "load_encoder",
-           "load_encoder_file", "save_encoder", "state_dict_sha256"]
+           "load_encoder_file", "rename_state_keys", "save_encoder", "state_dict_sha256"]

@@ -31,7 +31,7 @@ DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 _PROBE_TIMEOUT_S = 3.0
 
 
-def _weights_host(encoder: str) -> tuple[str | None, str | None]:
+def weights_host(encoder: str) -> tuple[str | None, str | None]:
     """(host, source description) timm would download ``encoder``'s weights from; (None, None) if it has none."""
     cfg = timm.models.get_pretrained_cfg(encoder)
     if cfg is None:
@@ -45,7 +45,7 @@ def _weights_host(encoder: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _reachable(host: str, timeout: float = _PROBE_TIMEOUT_S) -> str | None:
+def reachable(host: str, timeout: float = _PROBE_TIMEOUT_S) -> str | None:
     """None if ``host:443`` accepts a TCP connection within ``timeout`` s, else the reason.
 
     DNS resolution runs in a worker thread because ``getaddrinfo`` ignores socket timeouts.
@@ -69,7 +69,9 @@ def _reachable(host: str, timeout: float = _PROBE_TIMEOUT_S) -> str | None:
     return None
 
 
-def _offline_error(encoder: str, source: str, reason: str) -> RuntimeError:
+def offline_error(encoder: str, source: str, reason: str) -> RuntimeError:
+    """The RuntimeError raised when ``encoder``'s pretrained weights (from ``source``) cannot be fetched for
+    ``reason``; it says how to get past it (pretrained=False, or a pre-filled cache and ``HF_HUB_OFFLINE=1``)."""
     return RuntimeError(
         f"could not download pretrained weights for {encoder} ({source}): {reason}; "
         f"set pretrained=False, or pre-download the weights into the Hugging Face cache on a machine with "
@@ -93,19 +95,19 @@ def create_encoder(encoder: str, *, pretrained: bool, in_chans: int, **timm_kwar
         # how to rebuild the plain timm model, for weights from a file (dr_ray.models.pretrained)
         enc.timm_build = {"name": encoder, "kwargs": dict(in_chans=in_chans, **timm_kwargs)}
         return enc
-    host, source = _weights_host(encoder)
+    host, source = weights_host(encoder)
     if host is None:
         raise RuntimeError(f"timm has no pretrained weights for {encoder}; set pretrained=False")
     from huggingface_hub import constants
 
     if not constants.HF_HUB_OFFLINE:
-        reason = _reachable(host)
+        reason = reachable(host)
         if reason is not None:
-            raise _offline_error(encoder, source, reason)
+            raise offline_error(encoder, source, reason)
     try:
         return timm.create_model(encoder, **kw)
     except (OSError, ConnectionError) as e:  # huggingface_hub's errors are OSError subclasses
-        raise _offline_error(encoder, source, f"{type(e).__name__}: {e}") from e
+        raise offline_error(encoder, source, f"{type(e).__name__}: {e}") from e
 
 
 class ConvBNReLU(nn.Sequential):
@@ -194,7 +196,7 @@ class TimmUNet(nn.Module):
         return self.head(y)
 
 
-def _spec_stats(encoder: nn.Module, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def spec_stats(encoder: nn.Module, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Encoder's normalisation (timm ``resolve_data_config``), adapted to ``in_chans`` channels.
 
     timm's mean/std are RGB; for another channel count the channel average is repeated (as timm's
@@ -213,7 +215,7 @@ def _build_unet(name: str, *, encoder: str, in_chans: int, classes: int, pretrai
                      decoder_channels=decoder_channels)
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size % model.max_reduction:
         raise ValueError(f"input_size must be an int divisible by {model.max_reduction}, got {input_size!r}")
-    mean, std = _spec_stats(model.encoder, in_chans)
+    mean, std = spec_stats(model.encoder, in_chans)
     model.spec = ModelSpec(
         name=name, in_channels=in_chans, out_channels=classes, input_size=input_size, mean=mean, std=std,
         output="sigmoid" if classes == 1 else "softmax",

@@ -435,9 +435,17 @@ def run_commits(ds, stage_path: str, *, run_id: str, rows_per_file: int, ray_cfg
     """Execute a stage dataset (its output rows, with status/error) by committing batches of
     ``rows_per_file`` rows to ``stage_path``; returns the small per-commit results (``COMMIT_RESULT_SCHEMA``).
     Build ``ds`` inside ``with_context(bounded_data_context(...))`` so its operators see the same limits."""
+    import ray
+
     committed = ds.map_batches(commit_batch, batch_format="pyarrow", batch_size=rows_per_file,
                                fn_kwargs={"stage_path": stage_path, "run_id": run_id}, **task_retry_args(ray_cfg))
-    parts = [b for b in committed.iter_batches(batch_format="pyarrow", batch_size=None)]
+    try:
+        parts = [b for b in committed.iter_batches(batch_format="pyarrow", batch_size=None)]
+    except ray.exceptions.GetTimeoutError as e:  # an actor pool that cannot be placed (Ray Data's own wording)
+        raise TimeoutError(
+            f"{stage_path}: an actor pool of this stage did not start within ray.actor_start_timeout_s="
+            f"{ray_cfg.actor_start_timeout_s:g} s: the cluster lacks what each actor asks for (the stage's "
+            f"gpus_per_actor / cpus_per_actor, times its actors); lower them or add nodes ({e})") from e
     return pa.concat_tables(parts) if parts else COMMIT_RESULT_SCHEMA.empty_table()
 
 

@@ -37,11 +37,11 @@ SPLIT_FOLD_MEAN = "mean over outer test folds"
 def outer_fold_predictions(cfg, model_dir: str, fold: int, out_dir: Path) -> tuple[pa.Table, dict]:
     """Predictions of the saved fold model on its own (outer test) fold: one deterministic pass (no MC dropout) of
     :func:`dr_ray.pipelines.evaluate.predict_fold`. Returns (ok rows: image_id, fold, label, probs; counts)."""
-    from dr_ray.pipelines.evaluate import _read_predictions, predict_fold
+    from dr_ray.pipelines.evaluate import read_fold_predictions, predict_fold
 
     one_pass = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, mc_samples=1))
     counts = predict_fold(one_pass, model_dir, fold, str(out_dir))
-    t = _read_predictions(str(out_dir))
+    t = read_fold_predictions(str(out_dir))
     ok = t.filter(pc.equal(t.column(C.STATUS), C.STATUS_OK)).select([C.IMAGE_ID, C.FOLD, "label", "probs"])
     return ok, counts
 

@@ -133,7 +133,8 @@ class ClassifierActor:
                 C.ERROR: np.asarray(errors, dtype=object)}
 
 
-def _read_predictions(path: str) -> pa.Table:
+def read_fold_predictions(path: str) -> pa.Table:
+    """Every prediction row (both ``status=`` partitions, ``status`` as a column) under one fold's folder."""
     filesystem, inner = fs.resolve(path)
     return pads.dataset(inner, filesystem=filesystem, format="parquet", partitioning="hive").to_table()
 
@@ -169,7 +170,7 @@ def predict_fold(cfg: Config, model_dir: str, fold: int, out: str) -> dict:
     t0 = time.perf_counter()
     ds.write_parquet(out, partition_cols=[C.STATUS])
     seconds = time.perf_counter() - t0
-    got = _read_predictions(out) if fs.is_dir(out) else pa.table({C.STATUS: pa.array([], pa.string())})
+    got = read_fold_predictions(out) if fs.is_dir(out) else pa.table({C.STATUS: pa.array([], pa.string())})
     ok = int(pc.sum(pc.equal(got.column(C.STATUS), C.STATUS_OK)).as_py() or 0) if got.num_rows else 0
     counts = {"fold": fold, "rows_in": n_in, "predicted": ok, "quarantined": got.num_rows - ok, "seconds": seconds}
     if got.num_rows != n_in:
@@ -204,7 +205,7 @@ def run_evaluate(cfg: Config) -> dict:
     init_ray(cfg.ray)
     counts = [predict_fold(cfg, model_dirs[k], int(k), str(out / "predictions" / f"fold_{k}"))
               for k in sorted(model_dirs, key=int)]
-    table = _read_predictions(str(out / "predictions"))
+    table = read_fold_predictions(str(out / "predictions"))
     ok_t = table.filter(pc.equal(table.column(C.STATUS), C.STATUS_OK))
     bad_t = table.filter(pc.equal(table.column(C.STATUS), C.STATUS_QUARANTINED))
     probs = np.asarray(ok_t.column("probs").to_pylist(), np.float64)
@@ -327,4 +328,4 @@ def run_evaluate(cfg: Config) -> dict:
     return summary
 
 
-__all__ = ["ClassifierActor", "predict_fold", "run_evaluate"]
+__all__ = ["ClassifierActor", "predict_fold", "read_fold_predictions", "run_evaluate"]

@@ -25,7 +25,8 @@ def _train_dataset(run_dir: str) -> str:
         data = (yaml.safe_load(Path(run_dir, "config.yaml").read_text()) or {}).get("data", {})
     except (OSError, yaml.YAMLError) as err:
         return f"unknown ({run_dir}/config.yaml: {type(err).__name__})"
-    return f"{data.get('dataset', '?')} ({data.get('root') or 'built-in sample'})"
+    labels = f", labels {data['labels']}" if data.get("labels") else ""
+    return f"{data.get('dataset', '?')} ({data.get('root') or 'built-in sample'}{labels})"
 
 
 def run_external_evaluate(cfg: Config) -> dict:

@@ -302,7 +302,7 @@ def label_hashes(cfg: Config) -> dict[str, str]:
                          "train a lesion model with `dr-ray train-lesions` and pass "
                          "--set pseudo_labels.model_dir=<its model folder>")
     return {PRE: config_hash(cfg.preprocess),
-            VES: config_hash(vs.result_settings(cfg.vessels, vm, vs._av_model_hash(cfg.vessels.av_model))),
+            VES: config_hash(vs.result_settings(cfg.vessels, vm, vs.av_model_hash(cfg.vessels.av_model))),
             LES: config_hash(pl.result_settings(cfg.pseudo_labels, lm)), "vessel_model": vm, "lesion_model": lm}
 
 

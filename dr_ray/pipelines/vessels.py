@@ -201,7 +201,8 @@ def result_settings(cfg: VesselsConfig, model_hash: str, av_hash: str) -> dict:
     return d
 
 
-def _av_model_hash(path: str) -> str:
+def av_model_hash(path: str) -> str:
+    """Content hash of the A/V classifier file ``path`` ("" = the shipped one), part of the stage's config hash."""
     from dr_ray.vessels.av import default_av_model_path
 
     p = Path(path) if path else default_av_model_path()
@@ -216,7 +217,7 @@ def run_vessels(cfg: Config) -> StageSummary:
     model_hash = check_model_dir(v.model_dir, "vessels.model_dir",
                                  "train a model with `dr-ray train-vessels` (it writes <output.dir>/train_vessels/"
                                  "model) and pass --set vessels.model_dir=<that folder>")
-    cfg_hash = config_hash(result_settings(v, model_hash, _av_model_hash(v.av_model)))
+    cfg_hash = config_hash(result_settings(v, model_hash, av_model_hash(v.av_model)))
     inp = v.input or stage_dir(cfg.output.dir, "preprocess")
     fov_margin = preprocess_fov_margin(inp, "vessels.input")
     return run_model_stage(
@@ -225,5 +226,5 @@ def run_vessels(cfg: Config) -> StageSummary:
                                                 fov_margin=fov_margin))
 
 
-__all__ = ["VesselSegmenter", "analyse_batch", "analyse_record", "build_vessels_pipeline", "encode_vessel_prob",
+__all__ = ["VesselSegmenter", "analyse_batch", "av_model_hash", "analyse_record", "build_vessels_pipeline", "encode_vessel_prob",
            "result_settings", "run_vessels"]

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score, roc_curve
 
-from dr_ray.training.classification_metrics import _check_labels, _check_probs, expected_calibration_error, reliability_bins
+from dr_ray.training.classification_metrics import check_labels, check_probs, expected_calibration_error, reliability_bins
 
 __all__ = ["AV_COLOURS", "LESION_COLOURS", "calibration_png", "confusion_matrix_png", "fundus_maps_png",
            "histogram_png", "image_grid_figure", "image_grid_png", "pr_curve_png", "roc_curve_png", "wrap_caption"]
@@ -125,8 +125,8 @@ def confusion_matrix_png(labels: np.ndarray, preds: np.ndarray, class_names: Seq
     y_arr = np.asarray(labels)
     if y_arr.ndim != 1 or y_arr.size == 0:
         raise ValueError(f"labels must be non-empty 1-D, got shape {y_arr.shape}")
-    y = _check_labels(y_arr, y_arr.shape[0], c, "labels")
-    p = _check_labels(preds, y.shape[0], c, "preds")
+    y = check_labels(y_arr, y_arr.shape[0], c, "labels")
+    p = check_labels(preds, y.shape[0], c, "preds")
     cm = confusion_matrix(y, p, labels=np.arange(c))
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
@@ -158,7 +158,7 @@ def calibration_png(labels: np.ndarray, probs: np.ndarray, bins: int = 15, title
     labels: (N,) int; probs: (N, C) rows summing to 1; bins: equal-width confidence bins on [0, 1]
     (see :func:`dr_ray.training.classification_metrics.reliability_bins`).
     """
-    p = _check_probs(probs)
+    p = check_probs(probs)
     conf, acc, count = reliability_bins(labels, p, bins)
     full = count > 0
     ece = expected_calibration_error(labels, p, bins)
@@ -304,7 +304,7 @@ def fundus_maps_png(samples: Sequence[Mapping], *, tile_in: float = 2.6, dpi: in
             row[0].imshow(np.asarray(prob, np.float32), cmap="magma", alpha=0.6, vmin=0, vmax=1,
                           extent=(0, w, h, 0))
         else:
-            row[0].text(w / 2, h / 2, "no probability map stored", ha="center", color="white", fontsize=CAPTION_PT)
+            row[0].text(w / 2, h / 2, "no probability map stored", **_NOTE)
         pos = s.get("pos")
         if pos is not None and len(pos):
             pos = np.asarray(pos, np.float32).reshape(-1, 2)
@@ -316,7 +316,7 @@ def fundus_maps_png(samples: Sequence[Mapping], *, tile_in: float = 2.6, dpi: in
             kind = np.asarray(s.get("node_kind", np.zeros(len(pos))), np.int64).ravel()
             for k, marker, colour in ((1, "o", "#ffffff"), (2, "^", "#ffd400")):
                 m = kind == k
-                row[1].scatter(pos[m, 0], pos[m, 1], s=7, marker=marker, c=colour, linewidths=0)
+                row[1].scatter(pos[m, 0], pos[m, 1], s=4, marker=marker, c=colour, linewidths=0)
         disc = s.get("disc")
         if disc is not None and all(v is not None and np.isfinite(v) for v in disc):
             cx, cy, d = map(float, disc)
@@ -324,7 +324,7 @@ def fundus_maps_png(samples: Sequence[Mapping], *, tile_in: float = 2.6, dpi: in
             for r in s.get("zone_dd", (1.0, 1.5)):
                 row[1].add_patch(Circle((cx, cy), r * d, fill=False, ec="#7cff7c", lw=0.9, ls="--"))
         else:
-            row[1].text(w / 2, 0.95 * h, "optic disc not found", ha="center", color="white", fontsize=CAPTION_PT)
+            row[1].text(w / 2, 0.95 * h, "optic disc not found", **_NOTE)
         maps = s.get("lesions")
         if maps is not None and len(maps):
             maps = np.asarray(maps, np.float32)
@@ -334,7 +334,7 @@ def fundus_maps_png(samples: Sequence[Mapping], *, tile_in: float = 2.6, dpi: in
                 rgba[..., 3] = np.clip(m, 0, 1) * 0.8
                 row[2].imshow(rgba, extent=(0, w, h, 0), interpolation="nearest")
         else:
-            row[2].text(w / 2, h / 2, "no lesion maps joined", ha="center", color="white", fontsize=CAPTION_PT)
+            row[2].text(w / 2, h / 2, "no lesion maps joined", **_NOTE)
     handles = [Line2D([0], [0], color=c, lw=2, label=n) for c, n in AV_COLOURS.values()]
     handles += [Line2D([0], [0], marker="o", ls="", color="#ffffff", mec="k", label="junction"),
                 Line2D([0], [0], marker="^", ls="", color="#ffd400", mec="k", label="endpoint"),
@@ -342,6 +342,10 @@ def fundus_maps_png(samples: Sequence[Mapping], *, tile_in: float = 2.6, dpi: in
     handles += [Patch(color=c, label=k) for k, c in LESION_COLOURS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncols=6, fontsize=CAPTION_PT, frameon=False)
     return _to_png(fig, dpi)
+
+
+_NOTE = {"ha": "center", "va": "center", "color": "white", "fontsize": CAPTION_PT,
+         "bbox": {"facecolor": "black", "alpha": 0.6, "edgecolor": "none"}}  # "not available" notes on a panel
 
 
 def _hex_rgb(colour: str) -> tuple[float, float, float]:

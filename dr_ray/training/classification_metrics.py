@@ -24,6 +24,8 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 __all__ = [
+    "check_labels",
+    "check_probs",
     "classification_metrics",
     "cv_summary",
     "expected_calibration_error",
@@ -34,7 +36,7 @@ __all__ = [
 _ROW_SUM_TOL = 1e-3
 
 
-def _check_probs(probs: object, name: str = "probs") -> np.ndarray:
+def check_probs(probs: object, name: str = "probs") -> np.ndarray:
     """``probs`` as a float64 (N, C) array with N >= 1, C >= 2, finite entries in [0, 1], rows summing to 1."""
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2:
@@ -56,7 +58,7 @@ def _check_probs(probs: object, name: str = "probs") -> np.ndarray:
     return p
 
 
-def _check_labels(labels: object, n: int, n_classes: int, name: str = "labels") -> np.ndarray:
+def check_labels(labels: object, n: int, n_classes: int, name: str = "labels") -> np.ndarray:
     """``labels`` as an int64 (N,) array of class indices in 0..n_classes-1."""
     y = np.asarray(labels)
     if y.ndim != 1 or y.shape[0] != n:
@@ -97,8 +99,8 @@ def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> t
     Returns (bin_confidence (bins,) float mean max-prob, bin_accuracy (bins,) float fraction of argmax
     predictions that are correct, bin_count (bins,) int64); empty bins have nan confidence and accuracy.
     """
-    p = _check_probs(probs)
-    y = _check_labels(labels, p.shape[0], p.shape[1])
+    p = check_probs(probs)
+    y = check_labels(labels, p.shape[0], p.shape[1])
     m = _check_bins(bins, "bins")
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
@@ -200,9 +202,9 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, *, threshold: 
     ece: expected calibration error of the argmax prediction with ``ece_bins`` equal-width bins (a
     fraction, see :func:`expected_calibration_error`). Ratios are fractions in [0, 1]; n and counts are ints.
     """
-    p = _check_probs(probs)
+    p = check_probs(probs)
     n, c = p.shape
-    y = _check_labels(labels, n, c)
+    y = check_labels(labels, n, c)
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
     bins = _check_bins(ece_bins, "ece_bins")
@@ -225,7 +227,7 @@ def predictive_entropy(probs: np.ndarray) -> np.ndarray:
 
     0 for a one-hot row (0 ln 0 = 0), ln C for the uniform row.
     """
-    p = _check_probs(probs)
+    p = check_probs(probs)
     return special.entr(p).sum(axis=1)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dr_ray.training.fusion_data import to_device
-from dr_ray.training.loops import _autocast
+from dr_ray.training.loops import autocast
 
 
 class EarlyStopping:
@@ -92,7 +92,7 @@ def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, Any]], optimize
             continue
         b = to_device(batch, device, mean=mean, std=std, channels_last=channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(b)
         loss = loss_fn(logits.float(), b["label"])
         if not torch.isfinite(loss):
@@ -126,7 +126,7 @@ def predict(model: nn.Module, batches: Iterable[Mapping[str, Any]], device: torc
     labels, probs = [], []
     for batch in batches:
         b = to_device(batch, device, mean=mean, std=std, channels_last=device.type == "cuda")
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(b)
         probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         labels.append(b["label"].cpu().numpy())

@@ -26,7 +26,8 @@ STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bf16 ``torch.autocast`` on a CUDA ``device`` when ``amp``, else a no-op context."""
     # bf16 needs no loss scaling; on CPU autocast is slower than fp32 for convs, so GPU only.
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -46,7 +47,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
         fov = batch.get("fov")
         fov = fov.to(device, non_blocking=True) if fov is not None else None
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x)
         loss = loss_fn(logits.float(), y, fov)
         if not torch.isfinite(loss):
@@ -76,7 +77,7 @@ def predict_image(model: nn.Module, image: np.ndarray, *, mean: Sequence[float],
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
     model.eval()
-    with _autocast(device, amp):
+    with autocast(device, amp):
         logits = model(x)
     return torch.sigmoid(logits.float())[0, 0, :h, :w].cpu().numpy()
 

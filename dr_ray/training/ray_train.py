@@ -227,13 +227,13 @@ def evaluate_lesions(model: torch.nn.Module, batches, kinds, *, device, amp: boo
     """Per-lesion AUPR, Dice, IoU and precision (:class:`LesionMeter`, one per kind) over validation patch
     batches; a kind is scored only on the images where it was annotated. Also ``<metric>_mean`` over the kinds."""
     from dr_ray.training.lesion_metrics import LesionMeter
-    from dr_ray.training.loops import _autocast
+    from dr_ray.training.loops import autocast
 
     meters = [LesionMeter((k,), seed=seed) for k in kinds]
     model.eval()
     with torch.inference_mode():
         for b in batches:
-            with _autocast(torch.device(device), amp):
+            with autocast(torch.device(device), amp):
                 prob = torch.sigmoid(model(b["image"].to(device)).float()).cpu().numpy()
             masks, fov, present = b["masks"].numpy() > 0, b["fov"].numpy()[:, 0] > 0, b["present"].numpy() > 0
             for i in range(len(prob)):

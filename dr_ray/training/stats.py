@@ -235,10 +235,10 @@ def bootstrap_metrics(labels: np.ndarray, probs: np.ndarray, groups: Sequence, *
     with ``note`` when some resamples were undefined, and ci_low/ci_high None plus ``reason`` when the estimate
     is undefined or more than ``max_undefined`` (a fraction) of the resamples are. n_boot 0: estimates only.
     """
-    from dr_ray.training.classification_metrics import _check_labels, _check_probs
+    from dr_ray.training.classification_metrics import check_labels, check_probs
 
-    p = _check_probs(probs)
-    y = _check_labels(labels, p.shape[0], p.shape[1])
+    p = check_probs(probs)
+    y = check_labels(labels, p.shape[0], p.shape[1])
     codes = _check_groups(groups, len(y))
     c_level = _check_confidence(confidence)
     if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or not 0 <= n_boot <= 1_000_000:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
-from dr_ray.config.loader import _build, to_dict
+from dr_ray.config.loader import build_config, to_dict
 from dr_ray.config.schema import ConfigError, SearchDim, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def trial_train_config(base: TrainConfig, sampled: Mapping[str, Any], *, name: s
         tree[k] = v
     if name is not None:
         tree["name"] = name
-    return _build(TrainConfig, tree, "train")
+    return build_config(TrainConfig, tree, "train")
 
 
 def check_space(base: TrainConfig, space: Sequence[SearchDim]) -> None:

@@ -27,8 +27,7 @@ AV_UNKNOWN, AV_ARTERY, AV_VEIN, AV_CROSSING = -1, 1, 2, 3
 NODE_FEATURES = ("caliber_px", "glcm_contrast", "glcm_entropy", "av_label", "degree", "kind")
 # Column order of VesselGraph.edge_attr.
 EDGE_FEATURES = ("length_px", "arc_length_px", "caliber_mean_px", "caliber_median_px", "tortuosity",
-                 "curvature_rad_per_px",
-                 "av_label", "mean_r", "mean_g", "mean_b")
+                 "curvature_rad_per_px", "av_label", "mean_r", "mean_g", "mean_b")
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,8 +97,7 @@ class VesselGraph:
     def edge_attr(self) -> np.ndarray:
         """(2E, 10) float32, columns ``EDGE_FEATURES``; rows aligned with :attr:`edge_index`."""
         a = np.column_stack([self.length_px, self.arc_length_px, self.caliber_mean_px, self.caliber_median_px,
-                             self.tortuosity,
-                             self.curvature, self.av_label.astype(np.float64), self.mean_rgb]
+                             self.tortuosity, self.curvature, self.av_label.astype(np.float64), self.mean_rgb]
                             ).astype(np.float32).reshape(-1, len(EDGE_FEATURES))
         return np.concatenate([a, a], axis=0)
 
@@ -129,10 +127,9 @@ def _empty_graph(shape: tuple[int, int], skeleton: np.ndarray) -> VesselGraph:
                        node_degree=np.zeros(0, np.int32), node_av=np.zeros(0, np.int8),
                        x=np.zeros((0, len(NODE_FEATURES)), np.float32), edges=np.zeros((0, 2), np.int64),
                        length_px=f, arc_length_px=f.copy(), chord_px=f.copy(), caliber_mean_px=f.copy(),
-                       caliber_median_px=f.copy(),
-                       tortuosity=f.copy(), curvature=f.copy(), av_label=np.zeros(0, np.int8),
-                       mean_rgb=np.zeros((0, 3)), branch_type=np.zeros(0, np.int8), edge_paths=(),
-                       skeleton=skeleton)
+                       caliber_median_px=f.copy(), tortuosity=f.copy(), curvature=f.copy(),
+                       av_label=np.zeros(0, np.int8), mean_rgb=np.zeros((0, 3)), branch_type=np.zeros(0, np.int8),
+                       edge_paths=(), skeleton=skeleton)
 
 
 # Neighbour offsets (d_row, d_col) in increasing raveled order, so that each CSR row lists its neighbours
@@ -348,22 +345,132 @@ def _caliber_distance(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> n
     return np.sqrt(np.minimum.reduceat(d2, np.cumsum(nk) - nk).astype(np.float64))
 
 
+def _skeleton_paths(mask: np.ndarray, prune_spur_px: float) -> tuple[np.ndarray, PathGraph | None]:
+    """The mask's skeleton without isolated single pixels (no length; skan cannot represent them), spurs
+    pruned when ``prune_spur_px`` > 0 (:func:`_prune_spurs`), and its path graph (None when it is empty)."""
+    skel_img = np.zeros(mask.shape, bool)
+    rows_any, cols_any = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows_any):
+        # thinning only sees 3 x 3 neighbourhoods, outside = background: the bounding box gives the same skeleton
+        box = (slice(rows_any[0], rows_any[-1] + 1), slice(cols_any[0], cols_any[-1] + 1))
+        skel_img[box] = skeletonize(mask[box])
+    skel_img &= cv2.filter2D(skel_img.view(np.uint8), -1, np.ones((3, 3), np.float32),
+                             borderType=cv2.BORDER_CONSTANT) > 1  # 8-neighbour count + 1
+    if not skel_img.any():
+        return skel_img, None
+    pg = _path_graph(skel_img)
+    return _prune_spurs(skel_img, pg, prune_spur_px) if prune_spur_px > 0 else (skel_img, pg)
+
+
+def _junction_clusters(src: np.ndarray, dst: np.ndarray, blen: np.ndarray, btype: np.ndarray, n_px: int,
+                       merge_junctions_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Contract short junction-junction paths: kept (ids of the paths that stay edges, increasing) and root
+    (n_px,) (each pixel's cluster representative, itself outside clusters; these fix the node order).
+
+    In path order, a non-loop junction-junction path <= ``merge_junctions_px`` long is dropped when it joins
+    two clusters, else kept (a loop), so the dropped ones are the MST with weight = path index. A cluster's
+    representative is the union-find root (src side put under dst side at each contraction): that of the dst
+    side of its last contracted path, found by descending, all clusters at once (``connected_components``)."""
+    cand = np.flatnonzero((btype == 2) & (blen <= merge_junctions_px) & (src != dst) & (merge_junctions_px > 0))
+    lo, hi = np.minimum(src[cand], dst[cand]), np.maximum(src[cand], dst[cand])
+    first = np.unique(lo * n_px + hi, return_index=True)[1]  # a later parallel candidate closes a cycle
+    forest = csgraph.minimum_spanning_tree(sparse.coo_matrix((cand[first] + 1.0, (lo[first], hi[first])),
+                                                             shape=(n_px, n_px)))
+    tree = np.sort(forest.tocoo().data.astype(np.int64) - 1)  # contracted paths, in path order
+    ts, td = src[tree], dst[tree]
+    comp = csgraph.connected_components(forest, directed=False)[1]
+    comp_root, active, lab = np.full(n_px, -1), np.ones(len(tree), bool), comp
+    while active.any():  # each region (one per cluster): cut its last path, go on with the dst side
+        act = np.flatnonzero(active)[::-1]
+        last = act[np.unique(lab[ts[act]], return_index=True)[1]]
+        active[last] = False
+        comp_root[comp[td[last]]] = td[last]
+        lab = csgraph.connected_components(sparse.coo_matrix(
+            (np.ones(active.sum()), (ts[active], td[active])), shape=(n_px, n_px)), directed=False)[1]
+        active &= np.isin(lab[ts], lab[td[last]])
+    return np.setdiff1d(np.arange(len(src)), tree), np.where(comp_root[comp] >= 0, comp_root[comp], np.arange(n_px))
+
+
+def _nodes(coords: np.ndarray, src: np.ndarray, dst: np.ndarray, root: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The contracted graph's nodes, one per representative (``root``) of the kept paths' end pixels, in
+    increasing representative order, each at the mean (x, y) of those of its pixels; returns pos (N, 2)
+    float64 and each kept path's src and dst node."""
+    pids = np.unique(np.concatenate([src, dst]))
+    node = np.unique(root[pids], return_inverse=True)[1]  # node of each end pixel
+    pos = np.column_stack([np.bincount(node, coords[pids, 1]), np.bincount(node, coords[pids, 0])])
+    return pos / np.bincount(node)[:, None], node[np.searchsorted(pids, src)], node[np.searchsorted(pids, dst)]
+
+
+def _edge_fields(pg: PathGraph, kept: np.ndarray, blen: np.ndarray, btype: np.ndarray, chord: np.ndarray,
+                 mask: np.ndarray, image: np.ndarray | None, av_map: np.ndarray | None) -> dict:
+    """:class:`VesselGraph`'s per-edge fields (``length_px`` to ``edge_paths``) of the kept paths, computed
+    for all of them at once, laid end to end: rc (K, 2) pixels, off (E + 1,) offsets, seg (K,) path ids."""
+    ip, ix = pg.paths.indptr, pg.paths.indices
+    lens = (ip[kept + 1] - ip[kept]).astype(np.int64)
+    off = np.concatenate([[0], np.cumsum(lens)])
+    seg, within = _segments(lens)
+    rc = pg.node_coordinates[ix[ip[kept][seg] + within]].astype(np.int64)
+    n_edges, chord = len(kept), chord[kept]
+    cal = 2.0 * _caliber_distance(mask, rc[:, 0], rc[:, 1]) - 1.0
+    arc, curv = _edge_geometry(rc, off, lens)
+    lab = av_map[rc[:, 0], rc[:, 1]] if av_map is not None else np.zeros(len(rc), np.int8)
+    a, v = (np.bincount(seg, lab == k, n_edges) for k in (AV_ARTERY, AV_VEIN))
+    av_e = np.where((a == 0) & (v == 0), AV_UNKNOWN, np.where(a >= v, AV_ARTERY, AV_VEIN)).astype(np.int8)
+    rgb = (np.full((n_edges, 3), np.nan) if image is None  # sums of ints below: exact in any order
+           else np.add.reduceat(image[rc[:, 0], rc[:, 1]].astype(np.float64), off[:-1], axis=0) / lens[:, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tort = np.where(chord >= 1.0, arc / np.maximum(chord, 1e-12), np.nan)
+    return dict(length_px=blen[kept], arc_length_px=arc, chord_px=chord, tortuosity=tort, curvature=curv,
+                caliber_mean_px=np.add.reduceat(cal, off[:-1]) / lens, av_label=av_e, mean_rgb=rgb,
+                caliber_median_px=_segment_median(cal, seg, off, lens), branch_type=btype[kept].astype(np.int8),
+                edge_paths=tuple(np.split(rc.astype(np.int32), off[1:-1])))
+
+
+def _node_fields(pos: np.ndarray, e_src: np.ndarray, e_dst: np.ndarray, edge: dict, image: np.ndarray | None,
+                 patch_px: int, glcm_levels: int) -> dict:
+    """:class:`VesselGraph`'s node fields and ``edges``: degree (loops count twice), kind from the degree,
+    calibre and A/V label from the incident edges' (``edge``: :func:`_edge_fields`), green-patch GLCM."""
+    n_nodes, n_edges = len(pos), len(e_src)
+    degree = np.bincount(np.concatenate([e_src, e_dst]), minlength=n_nodes).astype(np.int32)
+    kind = np.where(degree >= 3, NODE_JUNCTION, np.where(degree == 1, NODE_ENDPOINT, NODE_OTHER)).astype(np.int8)
+    # incident edges of each node (a loop once), in increasing edge order
+    not_loop = e_dst != e_src
+    inc_node = np.concatenate([e_src, e_dst[not_loop]])
+    inc_edge = np.concatenate([np.arange(n_edges), np.flatnonzero(not_loop)])
+    order = np.lexsort((inc_edge, inc_node))
+    inc_node, inc_edge = inc_node[order], inc_edge[order]
+    n_inc = np.bincount(inc_node, minlength=n_nodes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        node_cal = np.bincount(inc_node, edge["caliber_mean_px"][inc_edge], n_nodes) / n_inc
+    na, nv = (np.bincount(inc_node, edge["av_label"][inc_edge] == k, n_nodes) for k in (AV_ARTERY, AV_VEIN))
+    node_av = np.where((na == 0) & (nv == 0), AV_UNKNOWN,
+                       np.where(na == nv, AV_CROSSING, np.where(na > nv, AV_ARTERY, AV_VEIN))).astype(np.int8)
+    f = {"contrast": np.full(n_nodes, np.nan), "entropy": np.full(n_nodes, np.nan)}
+    if image is not None and n_nodes:
+        centres = np.round(pos[:, ::-1]).astype(np.int64)  # (row, col); round half to even, as round()
+        f = glcm_patch_features(np.ascontiguousarray(image[..., 1]), centres, patch_px, levels=glcm_levels)
+    x = np.column_stack([node_cal, f["contrast"], f["entropy"], node_av, degree, kind]).astype(np.float32)
+    return dict(pos=pos.astype(np.float32), node_kind=kind, node_degree=degree, node_av=node_av,
+                x=x.reshape(n_nodes, len(NODE_FEATURES)),
+                edges=np.column_stack([e_src, e_dst]).reshape(-1, 2).astype(np.int64))
+
+
 def vessel_graph(mask: np.ndarray, *, prune_spur_px: float = 10.0, merge_junctions_px: float = 2.0,
                  image: np.ndarray | None = None, av_map: np.ndarray | None = None,
                  patch_px: int = 15, glcm_levels: int = 32) -> VesselGraph:
     """Skeletonise a vessel mask and describe it as a graph (nodes = junctions and endpoints).
 
-    Steps: ``skimage.morphology.skeletonize``; isolated single skeleton pixels are dropped (no length);
-    skan's path graph (paths between junction/endpoint pixels; see :func:`_pixel_csgraph`); spur pruning
-    (:func:`_prune_spurs`, iterative); junction clusters (adjacent junction
-    pixels that skan links by 1-2 px junction-junction branches) are contracted into one node when the
-    linking branch is <= ``merge_junctions_px`` long (that branch and its length are dropped; its end
-    nodes share the mean position). Calibre at a skeleton pixel is ``2 * d - 1`` px, with d the
-    Euclidean distance transform of the mask: d is measured to the nearest *background pixel centre*, so
-    a run of w foreground pixels has d = (w + 1) / 2 at its centre and ``2 d - 1 = w``.
-    Per-edge measures and node GLCMs are computed for all edges/nodes at once (NumPy): with
-    :func:`~dr_ray.vessels.biomarkers.global_biomarkers` ~55 ms per 1024-px image on one (shared) core,
-    5.3x faster than per-edge/per-node loops (``docs/bench_vessel_graph.md``).
+    Steps: skeleton and skan path graph (:func:`_skeleton_paths`: ``skimage.morphology.skeletonize``,
+    isolated single pixels dropped as they have no length, :func:`_pixel_csgraph`, iterative spur pruning
+    :func:`_prune_spurs`); junction clusters (adjacent junction pixels that skan links by 1-2 px
+    junction-junction branches) contracted into one node when the linking branch is <= ``merge_junctions_px``
+    long, that branch and its length dropped, its end nodes sharing the mean position
+    (:func:`_junction_clusters`, :func:`_nodes`); per-edge measures and node features, all edges/nodes at
+    once in NumPy (:func:`_edge_fields`, :func:`_node_fields`; with
+    :func:`~dr_ray.vessels.biomarkers.global_biomarkers` ~55 ms per 1024-px image on one (shared) core, 5.3x
+    faster than per-edge/per-node loops, ``docs/bench_vessel_graph.md``). Calibre at a skeleton pixel is
+    ``2 * d - 1`` px, d the Euclidean distance transform of the mask, measured to the nearest *background
+    pixel centre*: a run of w foreground pixels has d = (w + 1) / 2 at its centre and ``2 d - 1 = w``.
 
     Args:
         mask: (H, W) bool vessel mask.
@@ -392,125 +499,18 @@ def vessel_graph(mask: np.ndarray, *, prune_spur_px: float = 10.0, merge_junctio
         raise ValueError(f"merge_junctions_px must be >= 0, got {merge_junctions_px}")
     if patch_px < 3 or patch_px % 2 == 0:
         raise ValueError(f"patch_px must be an odd int >= 3, got {patch_px}")
-    if image is not None:
-        image = np.asarray(image)
-        if image.shape != (*shape, 3) or image.dtype != np.uint8:
-            raise ValueError(f"image must be (H, W, 3) uint8 matching mask {shape}, got shape {image.shape} "
-                             f"dtype {image.dtype}")
-    if av_map is not None:
-        av_map = np.asarray(av_map)
-        if av_map.shape != shape:
-            raise ValueError(f"av_map shape {av_map.shape} does not match mask shape {shape}")
-
-    skel_img = np.zeros(shape, bool)
-    rows_any, cols_any = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if len(rows_any):
-        # thinning only looks at 3 x 3 neighbourhoods and the outside counts as background: the bounding box
-        # of the mask gives the same skeleton for less work
-        box = (slice(rows_any[0], rows_any[-1] + 1), slice(cols_any[0], cols_any[-1] + 1))
-        skel_img[box] = skeletonize(mask[box])
-    # A 1-pixel skeleton component has no branch; skan cannot represent it.
-    nbrs = cv2.filter2D(skel_img.view(np.uint8), -1, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT)
-    skel_img &= nbrs > 1
-    if not skel_img.any():
-        return _empty_graph(shape, skel_img)
-
-    pg = _path_graph(skel_img)
-    if prune_spur_px > 0:
-        skel_img, pg = _prune_spurs(skel_img, pg, prune_spur_px)
-        if pg is None:
-            return _empty_graph(shape, skel_img)
-    pruned_img = skel_img
-    src, dst, blen, btype, chord_all = _branches(pg)
+    image, av_map = (None if a is None else np.asarray(a) for a in (image, av_map))
+    if image is not None and (image.shape != (*shape, 3) or image.dtype != np.uint8):
+        raise ValueError(f"image must be (H, W, 3) uint8 matching mask {shape}, got shape {image.shape} "
+                         f"dtype {image.dtype}")
+    if av_map is not None and av_map.shape != shape:
+        raise ValueError(f"av_map shape {av_map.shape} does not match mask shape {shape}")
+    skel_img, pg = _skeleton_paths(mask, prune_spur_px)
+    src, dst, blen, btype, chord = _branches(pg) if pg is not None else (np.zeros(0),) * 5
     if len(src) == 0:
-        return _empty_graph(shape, pruned_img)
-    coords = pg.node_coordinates
-
-    # Contract short junction-junction branches (junction clusters) with a union-find over pixel ids.
-    parent: dict[int, int] = {}
-
-    def find(a: int) -> int:
-        parent.setdefault(a, a)
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    keep = np.ones(len(src), bool)
-    if merge_junctions_px > 0:
-        for i in np.flatnonzero((btype == 2) & (blen <= merge_junctions_px) & (src != dst)):
-            ra, rb = find(int(src[i])), find(int(dst[i]))
-            if ra != rb:
-                parent[ra] = rb
-                keep[i] = False
-    kept = np.flatnonzero(keep)
-    # nodes = union-find roots in increasing order; a node sits at the mean of its member pixels
-    pids = np.unique(np.concatenate([src[kept], dst[kept]]))
-    root_of = np.array([find(p) for p in pids.tolist()], np.int64)
-    roots = np.unique(root_of)
-    n_nodes = len(roots)
-    member_node = np.searchsorted(roots, root_of)
-    n_members = np.bincount(member_node, minlength=n_nodes)
-    pos = np.column_stack([np.bincount(member_node, coords[pids, 1], n_nodes),
-                           np.bincount(member_node, coords[pids, 0], n_nodes)]) / n_members[:, None]
-    e_src = member_node[np.searchsorted(pids, src[kept])]
-    e_dst = member_node[np.searchsorted(pids, dst[kept])]
-    n_edges = len(kept)
-
-    # All kept paths laid end to end: rc (K, 2) pixels, off (E + 1,) offsets, seg (K,) path of each pixel.
-    ip, ix = pg.paths.indptr, pg.paths.indices
-    lens = (ip[kept + 1] - ip[kept]).astype(np.int64)
-    off = np.concatenate([[0], np.cumsum(lens)])
-    seg, within = _segments(lens)
-    rc = coords[ix[ip[kept][seg] + within]].astype(np.int64)
-    paths = tuple(np.split(rc.astype(np.int32), off[1:-1]))
-
-    lengths = blen[kept]
-    chord = chord_all[kept]
-    cal = 2.0 * _caliber_distance(mask, rc[:, 0], rc[:, 1]) - 1.0
-    cal_mean = np.add.reduceat(cal, off[:-1]) / lens
-    cal_median = _segment_median(cal, seg, off, lens)
-    arc, curv = _edge_geometry(rc, off, lens)
-    av_e = np.full(n_edges, AV_UNKNOWN, np.int8)
-    if av_map is not None:
-        lab = av_map[rc[:, 0], rc[:, 1]]
-        a = np.bincount(seg, lab == AV_ARTERY, n_edges)
-        v = np.bincount(seg, lab == AV_VEIN, n_edges)
-        av_e = np.where((a == 0) & (v == 0), AV_UNKNOWN, np.where(a >= v, AV_ARTERY, AV_VEIN)).astype(np.int8)
-    rgb = np.full((n_edges, 3), np.nan)
-    if image is not None:
-        px = image[rc[:, 0], rc[:, 1]].astype(np.float64)
-        rgb = np.add.reduceat(px, off[:-1], axis=0) / lens[:, None]  # sums of ints: exact in any order
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tort = np.where(chord >= 1.0, arc / np.maximum(chord, 1e-12), np.nan)
-
-    # Node attributes: degree in the contracted graph (loops count twice), kind from the degree.
-    degree = np.bincount(np.concatenate([e_src, e_dst]), minlength=n_nodes).astype(np.int32)
-    kind = np.where(degree >= 3, NODE_JUNCTION, np.where(degree == 1, NODE_ENDPOINT, NODE_OTHER)).astype(np.int8)
-    # incident edges of each node (a loop once), in increasing edge order
-    not_loop = e_dst != e_src
-    inc_node = np.concatenate([e_src, e_dst[not_loop]])
-    inc_edge = np.concatenate([np.arange(n_edges), np.flatnonzero(not_loop)])
-    order = np.lexsort((inc_edge, inc_node))
-    inc_node, inc_edge = inc_node[order], inc_edge[order]
-    n_inc = np.bincount(inc_node, minlength=n_nodes)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        node_cal = np.bincount(inc_node, cal_mean[inc_edge], n_nodes) / n_inc
-    na = np.bincount(inc_node, av_e[inc_edge] == AV_ARTERY, n_nodes)
-    nv = np.bincount(inc_node, av_e[inc_edge] == AV_VEIN, n_nodes)
-    node_av = np.where((na == 0) & (nv == 0), AV_UNKNOWN,
-                       np.where(na == nv, AV_CROSSING, np.where(na > nv, AV_ARTERY, AV_VEIN))).astype(np.int8)
-    g_con = np.full(n_nodes, np.nan)
-    g_ent = np.full(n_nodes, np.nan)
-    if image is not None and n_nodes:
-        centres = np.round(pos[:, ::-1]).astype(np.int64)  # (row, col); round half to even, as round()
-        f = glcm_patch_features(np.ascontiguousarray(image[..., 1]), centres, patch_px, levels=glcm_levels)
-        g_con, g_ent = f["contrast"], f["entropy"]
-    x = np.column_stack([node_cal, g_con, g_ent, node_av, degree, kind]).astype(np.float32)
-    return VesselGraph(shape=shape, pos=pos.astype(np.float32), node_kind=kind, node_degree=degree,
-                       node_av=node_av, x=x.reshape(n_nodes, len(NODE_FEATURES)),
-                       edges=np.column_stack([e_src, e_dst]).reshape(-1, 2).astype(np.int64),
-                       length_px=lengths, arc_length_px=arc, chord_px=chord, caliber_mean_px=cal_mean,
-                       caliber_median_px=cal_median,
-                       tortuosity=tort, curvature=curv, av_label=av_e, mean_rgb=rgb,
-                       branch_type=btype[kept].astype(np.int8), edge_paths=paths, skeleton=pruned_img)
+        return _empty_graph(shape, skel_img)
+    kept, root = _junction_clusters(src, dst, blen, btype, len(pg.node_coordinates), merge_junctions_px)
+    pos, e_src, e_dst = _nodes(pg.node_coordinates, src[kept], dst[kept], root)
+    edge = _edge_fields(pg, kept, blen, btype, chord, mask, image, av_map)
+    node = _node_fields(pos, e_src, e_dst, edge, image, patch_px, glcm_levels)
+    return VesselGraph(shape=shape, **node, **edge, skeleton=skel_img)

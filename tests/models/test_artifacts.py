@@ -98,7 +98,7 @@ def test_tampered_weights_refused(trained):
 def _replace_weights(d, obj):
     torch.save(obj, d / "model.pt")
     meta = json.loads((d / "metadata.json").read_text())
-    meta["model_sha256"] = artifacts._sha256(d / "model.pt")  # hash matches: only weights_only can refuse it
+    meta["model_sha256"] = artifacts.file_sha256(d / "model.pt")  # hash matches: only weights_only can refuse it
     (d / "metadata.json").write_text(json.dumps(meta))
 
 

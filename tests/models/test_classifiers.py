@@ -307,7 +307,7 @@ def test_pretrained_offline_fails_fast_for_classifiers(monkeypatch):
     from dr_ray.models import unet as unet_mod
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(unet_mod, "_reachable", lambda host: f"cannot resolve {host}: test")
+    monkeypatch.setattr(unet_mod, "reachable", lambda host: f"cannot resolve {host}: test")
     with pytest.raises(RuntimeError, match="could not download pretrained weights for resnet50.*pretrained=False"):
         create_model("resnet50", pretrained=True)
     with pytest.raises(RuntimeError, match="could not download pretrained weights for mobilenetv3_large_100"):

@@ -144,7 +144,7 @@ def test_swin_pretrained_offline_fails_fast(monkeypatch):
     from dr_ray.models import unet as unet_mod
 
     # the Swin encoder goes through unet.create_encoder's fast offline failure: mock its network check
-    monkeypatch.setattr(unet_mod, "_reachable", lambda host: f"cannot resolve {host}: test")
+    monkeypatch.setattr(unet_mod, "reachable", lambda host: f"cannot resolve {host}: test")
     with pytest.raises(RuntimeError, match="could not download pretrained weights for swin_tiny.*pretrained=False"):
         create_model("swin_unet", pretrained=True)
     with pytest.raises(ValueError, match="Swin"):

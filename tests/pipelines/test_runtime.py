@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from dr_ray.io import columns as C
 from dr_ray.pipelines.runtime import blocks_of, partition_status, reason_kind, scan_outputs, summarise
@@ -55,3 +56,19 @@ def test_scan_removes_unreadable_shards_and_summary_reconciles(tmp_path):
     s2 = summarise("preprocess", catalog.slice(0, 3), scan_outputs(str(tmp_path)), label_problems=0,
                    already_done=0, processed_now=0, output="o")
     assert s2.duplicates == 1 and not s2.reconciles
+
+
+def test_resolve_path_makes_paths_absolute_and_refuses_relative_ones_inside_a_ray_job_package(tmp_path,
+                                                                                              monkeypatch):
+    from dr_ray.pipelines.runtime import RAY_PACKAGE_MARK, resolve_path
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("outputs/run", "output.dir") == str(tmp_path / "outputs" / "run")
+    assert resolve_path("/abs/run", "output.dir") == "/abs/run"
+    assert resolve_path("s3://bucket/run", "output.dir") == "s3://bucket/run" and resolve_path("", "x") == ""
+    package = tmp_path / f"{RAY_PACKAGE_MARK}0123abcd"  # where `ray job submit --working-dir .` runs a job
+    package.mkdir()
+    monkeypatch.chdir(package)
+    with pytest.raises(ValueError, match=r"predict.run_dir='runs/gf' is relative.*absolute path or a URI"):
+        resolve_path("runs/gf", "predict.run_dir")
+    assert resolve_path("/data/runs/gf", "predict.run_dir") == "/data/runs/gf"

@@ -257,6 +257,14 @@ def test_predict_a_second_cohort_with_the_fold_ensemble_then_evaluate_it_externa
     assert len(pngs) >= 6 and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     if assert_in_browser is not None:
         assert_in_browser(ev["report"])
+    # a GPU the (CPU-only) cluster does not have fails after ray.actor_start_timeout_s, naming it; never waits
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"did not start within ray.actor_start_timeout_s=5 s.*gpus_per_actor"):
+        run_predict(_cfg(cohort, f"predict.run_dir={run_dir}", "predict.name=on_gpu", "predict.gpus_per_actor=1",
+                         "ray.actor_start_timeout_s=5"))
+    assert time.monotonic() - t0 < 90
 
 
 @pytest.mark.ray

@@ -391,3 +391,39 @@ def test_node_glcm_equals_per_patch_glcm_features():
             ref = glcm_features(img[max(r - h, 0):r + h + 1, max(c - h, 0):c + h + 1, 1], levels=levels)
             assert g.x[n, NODE_FEATURES.index("glcm_contrast")] == pytest.approx(ref["contrast"], rel=1e-6)
             assert g.x[n, NODE_FEATURES.index("glcm_entropy")] == pytest.approx(ref["entropy"], rel=1e-6)
+
+
+def _union_find_clusters(src, dst, blen, btype, n_px, merge_px):
+    """Reference: the union-find vessel_graph used before (kept paths; each pixel's root)."""
+    parent = list(range(n_px))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    keep = np.ones(len(src), bool)
+    for i in np.flatnonzero((btype == 2) & (blen <= merge_px) & (src != dst)) if merge_px > 0 else []:
+        ra, rb = find(int(src[i])), find(int(dst[i]))
+        if ra != rb:
+            parent[ra] = rb
+            keep[i] = False
+    return np.flatnonzero(keep), np.array([find(p) for p in range(n_px)])
+
+
+def test_junction_clusters_equal_the_union_find():
+    """Contracted paths and cluster representatives (they fix the node order) match a union-find that puts
+    the src side under the dst side, on random path lists with cycles, parallel paths and deep clusters."""
+    from dr_ray.vessels.graph import _junction_clusters
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n_px, n_paths = int(rng.integers(2, 30)), int(rng.integers(1, 50))
+        src, dst = rng.integers(0, n_px, n_paths), rng.integers(0, n_px, n_paths)
+        btype, blen = rng.choice([0, 1, 2, 2, 3], n_paths), rng.random(n_paths) * 6
+        for merge_px in (0.0, 2.0, 5.0):
+            ref_kept, ref_root = _union_find_clusters(src, dst, blen, btype, n_px, merge_px)
+            kept, root = _junction_clusters(src, dst, blen, btype, n_px, merge_px)
+            np.testing.assert_array_equal(kept, ref_kept)
+            np.testing.assert_array_equal(root, ref_root)

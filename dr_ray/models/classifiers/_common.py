@@ -1,6 +1,6 @@
 """Shared pieces of the DR classifiers (:mod:`dr_ray.models.classifiers`): argument checks, batch-entry
 checks, the model spec, and the timm helpers every family builds its branches with (:func:`create_timm_model`
-for a full timm model, :func:`branch_timm_kwargs` / ``_feature_encoder`` for a ``features_only`` branch).
+for a full timm model, :func:`branch_timm_kwargs` / :func:`feature_encoder` for a ``features_only`` branch).
 """
 
 from __future__ import annotations
@@ -28,24 +28,27 @@ logger = logging.getLogger(__name__)
 MODALITIES = ("image", "lesion", "graph", "stats")
 DEFAULT_LESION_SIZE = 128
 DEFAULT_SWIN_T_INPUT_SIZE = 448  # 2 x 224: the smallest window-7-compatible size above ImageNet's (as swin_unet)
-_MIN_INPUT_SIZE = 32  # one cell at the stride-32 last level of every backbone used here
+MIN_INPUT_SIZE = 32  # one cell at the stride-32 last level of every backbone used here
 
 
 # ----------------------------------------------------------------------------------------------- validation
 
-def _check_int(name: str, v: object, minimum: int = 1) -> int:
+def check_int(name: str, v: object, minimum: int = 1) -> int:
+    """``v`` if it is an int (not a bool) >= ``minimum``, else ValueError naming ``name``."""
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
     return v
 
 
-def _check_dropout(v: object) -> float:
+def check_dropout(v: object) -> float:
+    """``v`` as a float if it is a number (not a bool) in [0, 1), else ValueError."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
         raise ValueError(f"dropout must be a float in [0, 1), got {v!r}")
     return float(v)
 
 
-def _check_timm_name(name: str, param: str) -> str:
+def check_timm_name(name: str, param: str) -> str:
+    """``name`` if timm knows the model, else ValueError naming ``param`` (with close matches)."""
     if not isinstance(name, str) or not name or not timm.is_model(name):
         close = difflib.get_close_matches(str(name), timm.list_models(), n=3)
         raise ValueError(f"{param} must be a timm model name, got {name!r}"
@@ -53,8 +56,8 @@ def _check_timm_name(name: str, param: str) -> str:
     return name
 
 
-def _check_modalities(modalities: Sequence[str] | None, supported: tuple[str, ...],
-                      required: tuple[str, ...] = ()) -> tuple[str, ...]:
+def check_modalities(modalities: Sequence[str] | None, supported: tuple[str, ...],
+                     required: tuple[str, ...] = ()) -> tuple[str, ...]:
     """``modalities`` as a tuple in MODALITIES order (None -> all ``supported``)."""
     if modalities is None:
         return supported
@@ -71,17 +74,20 @@ def _check_modalities(modalities: Sequence[str] | None, supported: tuple[str, ..
     return tuple(m for m in MODALITIES if m in mods)
 
 
-def _check_fusion(hidden_dim: int, heads: int, fusion_layers: int, *, sincos: bool) -> None:
-    _check_int("hidden_dim", hidden_dim)
-    _check_int("heads", heads)
-    _check_int("fusion_layers", fusion_layers)
+def check_fusion(hidden_dim: int, heads: int, fusion_layers: int, *, sincos: bool) -> None:
+    """ValueError unless the fusion transformer's sizes are ints >= 1, ``heads`` divides ``hidden_dim`` and,
+    with 2-D sine-cosine position codes (``sincos``), 4 divides ``hidden_dim``."""
+    check_int("hidden_dim", hidden_dim)
+    check_int("heads", heads)
+    check_int("fusion_layers", fusion_layers)
     if hidden_dim % heads:
         raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by heads ({heads})")
     if sincos and hidden_dim % 4:
         raise ValueError(f"hidden_dim must be divisible by 4 (2-D sine-cosine position codes), got {hidden_dim}")
 
 
-def _require(batch: Mapping[str, Any], key: str, modalities: tuple[str, ...]) -> Any:
+def batch_entry(batch: Mapping[str, Any], key: str, modalities: tuple[str, ...]) -> Any:
+    """``batch[key]``; ValueError (naming the model's ``modalities``) if ``batch`` is no mapping or lacks it."""
     if not isinstance(batch, Mapping):
         raise ValueError(f"batch must be a dict of modality tensors, got {type(batch).__name__}")
     v = batch.get(key)
@@ -91,7 +97,7 @@ def _require(batch: Mapping[str, Any], key: str, modalities: tuple[str, ...]) ->
     return v
 
 
-def _check_tensor(key: str, v: Any, shape: tuple[int | None, ...], what: str) -> torch.Tensor:
+def check_tensor(key: str, v: Any, shape: tuple[int | None, ...], what: str) -> torch.Tensor:
     """v must be a floating tensor of ``shape`` (None = any size)."""
     if not isinstance(v, torch.Tensor) or not v.dtype.is_floating_point or v.ndim != len(shape) \
             or any(s is not None and s != d for s, d in zip(shape, v.shape)):
@@ -100,32 +106,38 @@ def _check_tensor(key: str, v: Any, shape: tuple[int | None, ...], what: str) ->
     return v
 
 
-def _batch_size(sizes: dict[str, int]) -> int:
+def agreed_batch_size(sizes: dict[str, int]) -> int:
+    """The one batch size of ``sizes`` (batch entry -> its size); ValueError if the entries disagree."""
     if len(set(sizes.values())) > 1:
         raise ValueError(f"batch entries disagree on the batch size: {sizes}")
     return next(iter(sizes.values()))
 
 
-def _image(batch: Mapping[str, Any], modalities: tuple[str, ...], input_size: int) -> torch.Tensor:
-    x = _require(batch, "image", modalities)
-    return _check_tensor("image", x, (None, 3, input_size, input_size), f"(B, 3, {input_size}, {input_size})")
+def batch_image(batch: Mapping[str, Any], modalities: tuple[str, ...], input_size: int) -> torch.Tensor:
+    """``batch["image"]``, checked to be a (B, 3, input_size, input_size) float tensor."""
+    x = batch_entry(batch, "image", modalities)
+    return check_tensor("image", x, (None, 3, input_size, input_size), f"(B, 3, {input_size}, {input_size})")
 
 
-def _graph(batch: Mapping[str, Any], modalities: tuple[str, ...]) -> Batch:
-    g = _require(batch, "graph", modalities)
+def batch_graph(batch: Mapping[str, Any], modalities: tuple[str, ...]) -> Batch:
+    """``batch["graph"]``, checked to be a ``torch_geometric.data.Batch``."""
+    g = batch_entry(batch, "graph", modalities)
     if not isinstance(g, Batch):
         raise ValueError(f"batch['graph'] must be a torch_geometric.data.Batch (Batch.from_data_list), "
                          f"got {type(g).__name__}")
     return g
 
 
-def _spec_mean_std(encoder: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def spec_mean_std(encoder: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of a timm net's input normalisation (``resolve_data_config``), as float tuples."""
     cfg = resolve_data_config({}, model=encoder)
     return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
 
 
-def _spec(name: str, model: nn.Module, num_classes: int, input_size: int, kwargs: dict[str, Any]) -> ModelSpec:
-    mean, std = _spec_mean_std(model.image_encoder)
+def classifier_spec(name: str, model: nn.Module, num_classes: int, input_size: int,
+                    kwargs: dict[str, Any]) -> ModelSpec:
+    """The :class:`ModelSpec` of an RGB softmax classifier, normalised as its ``image_encoder``."""
+    mean, std = spec_mean_std(model.image_encoder)
     return ModelSpec(name=name, in_channels=3, out_channels=num_classes, input_size=input_size, mean=mean, std=std,
                      output="softmax", kwargs=kwargs)
 
@@ -136,27 +148,28 @@ def create_timm_model(name: str, *, pretrained: bool, **timm_kwargs: Any) -> nn.
     """``timm.create_model(name, pretrained=..., **timm_kwargs)`` that fails fast offline.
 
     :func:`dr_ray.models.unet.create_encoder` forces ``features_only=True``; this is the same weight-host
-    probe (``_weights_host`` / ``_reachable``, skipped with ``HF_HUB_OFFLINE=1``) for a full timm model.
+    probe (:func:`~dr_ray.models.unet.weights_host` / :func:`~dr_ray.models.unet.reachable`, skipped with
+    ``HF_HUB_OFFLINE=1``) for a full timm model.
     """
-    _check_timm_name(name, "backbone")
+    check_timm_name(name, "backbone")
     if not pretrained:
         return timm.create_model(name, pretrained=False, **timm_kwargs)
-    host, source = _unet._weights_host(name)
+    host, source = _unet.weights_host(name)
     if host is None:
         raise RuntimeError(f"timm has no pretrained weights for {name}; set pretrained=False")
     from huggingface_hub import constants
 
     if not constants.HF_HUB_OFFLINE:
-        reason = _unet._reachable(host)  # via the module: tests mock it there
+        reason = _unet.reachable(host)  # via the module: tests mock it there
         if reason is not None:
-            raise _unet._offline_error(name, source, reason)
+            raise _unet.offline_error(name, source, reason)
     try:
         return timm.create_model(name, pretrained=True, **timm_kwargs)
     except (OSError, ConnectionError) as e:  # huggingface_hub's errors are OSError subclasses
-        raise _unet._offline_error(name, source, f"{type(e).__name__}: {e}") from e
+        raise _unet.offline_error(name, source, f"{type(e).__name__}: {e}") from e
 
 
-def _features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def last_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Last feature level of a timm ``features_only`` net, NCHW."""
     f = encoder(x)[-1]
     fmt = getattr(encoder, "output_fmt", "NCHW")
@@ -211,10 +224,10 @@ def branch_timm_kwargs(name: str, param: str, input_size: int,
     return kw
 
 
-def _feature_encoder(name: str, param: str, *, pretrained: bool, in_chans: int, input_size: int,
+def feature_encoder(name: str, param: str, *, pretrained: bool, in_chans: int, input_size: int,
                      timm_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """timm ``features_only`` net for a branch seeing (B, in_chans, input_size, input_size) inputs."""
-    _check_timm_name(name, param)
+    check_timm_name(name, param)
     enc = create_encoder(name, pretrained=pretrained, in_chans=in_chans,
                          **branch_timm_kwargs(name, param, input_size, timm_kwargs))
     fmt = getattr(enc, "output_fmt", "NCHW")

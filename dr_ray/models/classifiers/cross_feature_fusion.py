@@ -16,23 +16,23 @@ from torch import nn
 from dr_ray.models.blocks import CrossAttentionBlock, FeatureTokens
 from dr_ray.models.classifiers._common import (
     DEFAULT_LESION_SIZE,
-    _MIN_INPUT_SIZE,
-    _batch_size,
-    _check_dropout,
-    _check_fusion,
-    _check_int,
-    _check_modalities,
-    _check_tensor,
-    _check_timm_name,
-    _feature_encoder,
-    _features,
-    _image,
-    _require,
-    _spec,
+    MIN_INPUT_SIZE,
+    agreed_batch_size,
+    batch_entry,
+    batch_image,
     branch_timm_kwargs,
+    check_dropout,
+    check_fusion,
+    check_int,
+    check_modalities,
+    check_tensor,
+    check_timm_name,
+    classifier_spec,
+    feature_encoder,
+    last_features,
 )
 from dr_ray.models.registry import register_model
-from dr_ray.models.transfer import EncoderLoadReport, _rename, load_encoder
+from dr_ray.models.transfer import EncoderLoadReport, load_encoder, rename_state_keys
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,11 @@ class CrossFeatureFusion(nn.Module):
         self.modalities = modalities
         self.input_size, self.lesion_kinds, self.lesion_size = input_size, lesion_kinds, lesion_size
         self.gradcam_layout = "NCHW"
-        self.image_encoder = _feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3,
-                                              input_size=input_size, timm_kwargs=backbone_kwargs)
+        self.image_encoder = feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3,
+                                             input_size=input_size, timm_kwargs=backbone_kwargs)
         self.image_tokens = FeatureTokens(self.image_encoder.feature_info.channels()[-1], hidden_dim)
         if "lesion" in modalities:
-            self.lesion_encoder: nn.Module | None = _feature_encoder(
+            self.lesion_encoder: nn.Module | None = feature_encoder(
                 lesion_backbone, "lesion_backbone", pretrained=pretrained, in_chans=lesion_kinds,
                 input_size=lesion_size, timm_kwargs=lesion_backbone_kwargs)
             self.lesion_tokens: nn.Module | None = FeatureTokens(self.lesion_encoder.feature_info.channels()[-1],
@@ -84,14 +84,14 @@ class CrossFeatureFusion(nn.Module):
         return self.image_tokens.proj
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        x = _image(batch, self.modalities, self.input_size)
-        q = self.image_tokens(_features(self.image_encoder, x))
+        x = batch_image(batch, self.modalities, self.input_size)
+        q = self.image_tokens(last_features(self.image_encoder, x))
         if self.lesion_encoder is not None:
             k, m = self.lesion_kinds, self.lesion_size
-            y = _check_tensor("lesion", _require(batch, "lesion", self.modalities), (None, k, m, m),
-                              f"(B, {k}, {m}, {m}) (lesion_kinds, lesion_size)")
-            _batch_size({"image": x.shape[0], "lesion": y.shape[0]})
-            kv = self.lesion_tokens(_features(self.lesion_encoder, y))
+            y = check_tensor("lesion", batch_entry(batch, "lesion", self.modalities), (None, k, m, m),
+                             f"(B, {k}, {m}, {m}) (lesion_kinds, lesion_size)")
+            agreed_batch_size({"image": x.shape[0], "lesion": y.shape[0]})
+            kv = self.lesion_tokens(last_features(self.lesion_encoder, y))
             for block in self.fusion:
                 q = block(q, kv)
         return self.head(self.drop(self.norm(q.mean(dim=1)))).float()
@@ -139,7 +139,7 @@ def _adapt_input_convs(state: Mapping[str, torch.Tensor], target: nn.Module, in_
     """``state`` (keyed as ``target``) with each 3-input-channel conv weight whose target has ``in_chans`` input
     channels (the stem) replaced by ``timm.models.adapt_input_conv(in_chans, w)``."""
     own = target.state_dict()
-    renamed, _ = _rename(state, set(own))
+    renamed, _ = rename_state_keys(state, set(own))
     out = dict(renamed)
     adapted = []
     for key, w in renamed.items():
@@ -159,7 +159,7 @@ def _fit_rel_pos_tables(state: Mapping[str, torch.Tensor], target: nn.Module) ->
     """``state`` (keyed as ``target``) with each Swin ``relative_position_bias_table`` whose shape differs from the
     target's resampled to the target attention's window (``timm.layers.resize_rel_pos_bias_table``)."""
     own = target.state_dict()
-    renamed, _ = _rename(state, set(own))
+    renamed, _ = rename_state_keys(state, set(own))
     out, resized = dict(renamed), []
     for key, v in renamed.items():
         t = own.get(key)
@@ -187,15 +187,15 @@ def cross_feature_fusion(num_classes: int = 2, pretrained: bool = False, input_s
     ``lesion_kinds`` maps of ``lesion_size`` px keys/values; modalities ("image", "lesion") or ("image",).
     ``backbone_kwargs`` / ``lesion_backbone_kwargs``: extra timm kwargs of each branch (:func:`branch_timm_kwargs`;
     Swin branches are built for their own input size, ``input_size`` / ``lesion_size``)."""
-    backbone = _check_timm_name(backbone or "resnet34", "backbone")
-    lesion_backbone = _check_timm_name(lesion_backbone or "resnet34", "lesion_backbone")
-    _check_int("num_classes", num_classes, 2)
-    _check_int("input_size", input_size, _MIN_INPUT_SIZE)
-    _check_int("lesion_kinds", lesion_kinds)
-    _check_int("lesion_size", lesion_size, _MIN_INPUT_SIZE)
-    _check_dropout(dropout)
-    _check_fusion(hidden_dim, heads, fusion_layers, sincos=True)
-    mods = _check_modalities(modalities, ("image", "lesion"), required=("image",))
+    backbone = check_timm_name(backbone or "resnet34", "backbone")
+    lesion_backbone = check_timm_name(lesion_backbone or "resnet34", "lesion_backbone")
+    check_int("num_classes", num_classes, 2)
+    check_int("input_size", input_size, MIN_INPUT_SIZE)
+    check_int("lesion_kinds", lesion_kinds)
+    check_int("lesion_size", lesion_size, MIN_INPUT_SIZE)
+    check_dropout(dropout)
+    check_fusion(hidden_dim, heads, fusion_layers, sincos=True)
+    mods = check_modalities(modalities, ("image", "lesion"), required=("image",))
     # validated (and Swin sizes checked) before any weights are built
     branch_timm_kwargs(backbone, "backbone", input_size, backbone_kwargs)
     if "lesion" in mods:
@@ -205,7 +205,7 @@ def cross_feature_fusion(num_classes: int = 2, pretrained: bool = False, input_s
                                lesion_size=lesion_size, hidden_dim=hidden_dim, heads=heads,
                                fusion_layers=fusion_layers, modalities=mods, backbone_kwargs=backbone_kwargs,
                                lesion_backbone_kwargs=lesion_backbone_kwargs)
-    model.spec = _spec("cross_feature_fusion", model, num_classes, input_size, dict(
+    model.spec = classifier_spec("cross_feature_fusion", model, num_classes, input_size, dict(
         num_classes=num_classes, input_size=input_size, dropout=float(dropout), backbone=backbone,
         modalities=list(mods), hidden_dim=hidden_dim, heads=heads, fusion_layers=fusion_layers,
         lesion_backbone=lesion_backbone, lesion_kinds=lesion_kinds, lesion_size=lesion_size,

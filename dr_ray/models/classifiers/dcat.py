@@ -12,17 +12,17 @@ from torch import nn
 
 from dr_ray.models.blocks import CBAM, CrossAttentionBlock, FeatureTokens, tokens_to_map
 from dr_ray.models.classifiers._common import (
-    _MIN_INPUT_SIZE,
-    _check_dropout,
-    _check_fusion,
-    _check_int,
-    _check_modalities,
-    _check_timm_name,
-    _feature_encoder,
-    _features,
-    _image,
-    _spec,
-    _spec_mean_std,
+    MIN_INPUT_SIZE,
+    batch_image,
+    check_dropout,
+    check_fusion,
+    check_int,
+    check_modalities,
+    check_timm_name,
+    classifier_spec,
+    feature_encoder,
+    last_features,
+    spec_mean_std,
 )
 from dr_ray.models.registry import register_model
 
@@ -50,13 +50,13 @@ class DualCrossAttention(nn.Module):
         self.modalities: tuple[str, ...] = ("image",)
         self.input_size = input_size
         self.gradcam_layout = "NCHW"
-        self.image_encoder = _feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3,
+        self.image_encoder = feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3,
+                                             input_size=input_size)
+        self.image_encoder2 = feature_encoder(backbone2, "backbone2", pretrained=pretrained, in_chans=3,
                                               input_size=input_size)
-        self.image_encoder2 = _feature_encoder(backbone2, "backbone2", pretrained=pretrained, in_chans=3,
-                                               input_size=input_size)
-        if _spec_mean_std(self.image_encoder) != _spec_mean_std(self.image_encoder2):
+        if spec_mean_std(self.image_encoder) != spec_mean_std(self.image_encoder2):
             logger.warning("dcat: %s and %s expect different normalisation; using %s's %s", backbone, backbone2,
-                           backbone, _spec_mean_std(self.image_encoder))
+                           backbone, spec_mean_std(self.image_encoder))
         self.tokens_a = FeatureTokens(self.image_encoder.feature_info.channels()[-1], hidden_dim)
         self.tokens_b = FeatureTokens(self.image_encoder2.feature_info.channels()[-1], hidden_dim)
         self.cross_ab = nn.ModuleList(CrossAttentionBlock(hidden_dim, heads, dropout) for _ in range(fusion_layers))
@@ -71,8 +71,8 @@ class DualCrossAttention(nn.Module):
         return self.cbam_a
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        x = _image(batch, self.modalities, self.input_size)
-        fa, fb = _features(self.image_encoder, x), _features(self.image_encoder2, x)
+        x = batch_image(batch, self.modalities, self.input_size)
+        fa, fb = last_features(self.image_encoder, x), last_features(self.image_encoder2, x)
         h, w = min(fa.shape[2], fb.shape[2]), min(fa.shape[3], fb.shape[3])  # the smaller grid
         ta, tb = self.tokens_a(fa, (h, w)), self.tokens_b(fb, (h, w))
         for ab, ba in zip(self.cross_ab, self.cross_ba):
@@ -87,17 +87,17 @@ def dcat(num_classes: int = 2, pretrained: bool = False, input_size: int = 512, 
          backbone: str = "", modalities: Sequence[str] | None = None, hidden_dim: int = 256, heads: int = 4,
          fusion_layers: int = 2, backbone2: str = "resnet34") -> DualCrossAttention:
     """:class:`DualCrossAttention` over ``backbone`` (default "efficientnet_b4") and ``backbone2``; image only."""
-    backbone = _check_timm_name(backbone or "efficientnet_b4", "backbone")
-    _check_timm_name(backbone2, "backbone2")
-    _check_int("num_classes", num_classes, 2)
-    _check_int("input_size", input_size, _MIN_INPUT_SIZE)
-    _check_dropout(dropout)
-    _check_fusion(hidden_dim, heads, fusion_layers, sincos=True)
-    mods = _check_modalities(modalities, ("image",))
+    backbone = check_timm_name(backbone or "efficientnet_b4", "backbone")
+    check_timm_name(backbone2, "backbone2")
+    check_int("num_classes", num_classes, 2)
+    check_int("input_size", input_size, MIN_INPUT_SIZE)
+    check_dropout(dropout)
+    check_fusion(hidden_dim, heads, fusion_layers, sincos=True)
+    mods = check_modalities(modalities, ("image",))
     model = DualCrossAttention(num_classes=num_classes, pretrained=pretrained, input_size=input_size, dropout=dropout,
                                backbone=backbone, backbone2=backbone2, hidden_dim=hidden_dim, heads=heads,
                                fusion_layers=fusion_layers)
-    model.spec = _spec("dcat", model, num_classes, input_size, dict(
+    model.spec = classifier_spec("dcat", model, num_classes, input_size, dict(
         num_classes=num_classes, input_size=input_size, dropout=float(dropout), backbone=backbone,
         modalities=list(mods), hidden_dim=hidden_dim, heads=heads, fusion_layers=fusion_layers, backbone2=backbone2))
     return model

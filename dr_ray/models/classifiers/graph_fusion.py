@@ -14,20 +14,20 @@ from torch import nn
 
 from dr_ray.models.blocks import CBAM, DilatedConvBlock, SqueezeExcite
 from dr_ray.models.classifiers._common import (
-    _MIN_INPUT_SIZE,
-    _batch_size,
-    _check_dropout,
-    _check_fusion,
-    _check_int,
-    _check_modalities,
-    _check_tensor,
-    _check_timm_name,
-    _feature_encoder,
-    _features,
-    _graph,
-    _image,
-    _require,
-    _spec_mean_std,
+    MIN_INPUT_SIZE,
+    agreed_batch_size,
+    batch_entry,
+    batch_graph,
+    batch_image,
+    check_dropout,
+    check_fusion,
+    check_int,
+    check_modalities,
+    check_tensor,
+    check_timm_name,
+    feature_encoder,
+    last_features,
+    spec_mean_std,
 )
 from dr_ray.models.gnn import GraphEncoder
 from dr_ray.models.registry import ModelSpec, register_model
@@ -88,8 +88,8 @@ class GraphFusion(nn.Module):
         self.dilated: nn.Module | None = None
         self.cbam: nn.Module | None = None
         if "image" in modalities:
-            self.image_encoder = _feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3,
-                                                  input_size=input_size)
+            self.image_encoder = feature_encoder(backbone, "backbone", pretrained=pretrained, in_chans=3,
+                                                 input_size=input_size)
             c = self.image_encoder.feature_info.channels()[-1]
             self.reduce = nn.Sequential(nn.Conv2d(c, d, 1, bias=False), nn.BatchNorm2d(d), nn.ReLU(inplace=True))
             if "se" in blocks:
@@ -123,7 +123,7 @@ class GraphFusion(nn.Module):
 
     def image_map(self, x: torch.Tensor) -> torch.Tensor:
         """The enhanced image feature map (B, d, h, w): backbone -> reduce -> the ``blocks`` (se, dilated, cbam)."""
-        m = self.reduce(_features(self.image_encoder, x))
+        m = self.reduce(last_features(self.image_encoder, x))
         for block in (self.se, self.dilated, self.cbam):
             if block is not None:
                 m = block(m)
@@ -134,24 +134,24 @@ class GraphFusion(nn.Module):
         sizes: dict[str, int] = {}
         s = None
         if "stats" in self.modalities:
-            s = _check_tensor("stats", _require(batch, "stats", self.modalities), (None, self.stats_dim),
-                              f"(B, {self.stats_dim}) (stats_dim)")
+            s = check_tensor("stats", batch_entry(batch, "stats", self.modalities), (None, self.stats_dim),
+                             f"(B, {self.stats_dim}) (stats_dim)")
             sizes["stats"] = s.shape[0]
         if self.image_encoder is not None:
-            x = _image(batch, self.modalities, self.input_size)
+            x = batch_image(batch, self.modalities, self.input_size)
             sizes["image"] = x.shape[0]
             tokens.append(self.proj_img(self.image_map(x).mean(dim=(2, 3))))  # t_img, eq. (29)
         if self.gnn is not None:
-            g = _graph(batch, self.modalities)
+            g = batch_graph(batch, self.modalities)
             sizes["graph"] = int(g.num_graphs)
-            _batch_size(sizes)
+            agreed_batch_size(sizes)
             z_g = self.gnn(g)  # ρ(h), eq. (28)
             if s is not None:
                 z_g = torch.cat([z_g, s.to(z_g.dtype)], dim=1)  # z_G = ρ(h) ∥ s
             tokens.append(self.proj_graph(z_g))  # t_G, eq. (29)
         if s is not None:
             tokens.append(self.proj_stats(s))  # t_stat, eq. (29)
-        b = _batch_size(sizes)
+        b = agreed_batch_size(sizes)
         t0 = torch.cat([self.cls_token.expand(b, -1, -1), torch.stack(tokens, dim=1)], dim=1) + self.type_embed
         return self.head(self.drop(self.fusion(t0)[:, 0])).float()  # eqs. (30)-(33)
 
@@ -166,21 +166,21 @@ def graph_fusion(num_classes: int = 2, pretrained: bool = False, input_size: int
     ("image", "graph", "stats"); ``blocks`` any subset of ``GRAPH_FUSION_BLOCKS`` ("se", "dilated", "cbam";
     paper Table 6 ablations; default all three, the full model)."""
     blocks = check_graph_fusion_blocks(blocks)
-    backbone = _check_timm_name(backbone or "mobilenetv3_large_100", "backbone")
-    _check_int("num_classes", num_classes, 2)
-    _check_int("input_size", input_size, _MIN_INPUT_SIZE)
-    _check_int("node_features", node_features)
-    _check_int("gnn_layers", gnn_layers)
-    _check_int("stats_dim", stats_dim)
-    _check_dropout(dropout)
-    _check_fusion(hidden_dim, heads, fusion_layers, sincos=False)
-    mods = _check_modalities(modalities, ("image", "graph", "stats"))
+    backbone = check_timm_name(backbone or "mobilenetv3_large_100", "backbone")
+    check_int("num_classes", num_classes, 2)
+    check_int("input_size", input_size, MIN_INPUT_SIZE)
+    check_int("node_features", node_features)
+    check_int("gnn_layers", gnn_layers)
+    check_int("stats_dim", stats_dim)
+    check_dropout(dropout)
+    check_fusion(hidden_dim, heads, fusion_layers, sincos=False)
+    mods = check_modalities(modalities, ("image", "graph", "stats"))
     model = GraphFusion(num_classes=num_classes, pretrained=pretrained, input_size=input_size, dropout=dropout,
                         backbone=backbone, hidden_dim=hidden_dim, heads=heads, fusion_layers=fusion_layers,
                         node_features=node_features, gnn_layers=gnn_layers, stats_dim=stats_dim, modalities=mods,
                         blocks=blocks)
     if model.image_encoder is not None:
-        mean, std = _spec_mean_std(model.image_encoder)
+        mean, std = spec_mean_std(model.image_encoder)
     else:  # no image branch: the backbone's default normalisation still goes into the spec (callers may load images)
         cfg = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(backbone).to_dict())
         mean, std = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])

@@ -13,13 +13,13 @@ from torch import nn
 
 from dr_ray.models.classifiers._common import (
     DEFAULT_SWIN_T_INPUT_SIZE,
-    _MIN_INPUT_SIZE,
-    _check_dropout,
-    _check_int,
-    _check_modalities,
-    _check_timm_name,
-    _image,
-    _spec,
+    MIN_INPUT_SIZE,
+    batch_image,
+    check_dropout,
+    check_int,
+    check_modalities,
+    check_timm_name,
+    classifier_spec,
     create_timm_model,
 )
 from dr_ray.models.registry import register_model
@@ -81,7 +81,7 @@ class TimmClassifier(nn.Module):
         return self.image_encoder.get_submodule(self._gradcam_name)
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        x = _image(batch, self.modalities, self.input_size)
+        x = batch_image(batch, self.modalities, self.input_size)
         return self.head(self.drop(self.image_encoder(x))).float()  # float32 under autocast too
 
 
@@ -93,11 +93,11 @@ def _patch_size(backbone: str) -> int | None:
 def _build_timm_classifier(name: str, *, backbone: str, num_classes: int, pretrained: bool, input_size: int,
                            dropout: float, modalities: Sequence[str] | None,
                            window_size: int | None = None) -> TimmClassifier:
-    _check_timm_name(backbone, "backbone")
-    _check_int("num_classes", num_classes, 2)
-    _check_int("input_size", input_size, _MIN_INPUT_SIZE)
-    _check_dropout(dropout)
-    mods = _check_modalities(modalities, ("image",))
+    check_timm_name(backbone, "backbone")
+    check_int("num_classes", num_classes, 2)
+    check_int("input_size", input_size, MIN_INPUT_SIZE)
+    check_dropout(dropout)
+    mods = check_modalities(modalities, ("image",))
     cfg = timm.models.get_pretrained_cfg(backbone)
     if backbone.startswith("swin_"):  # Swin v1: window-aligned grids at every stage (see swin_unet)
         named = re.search(r"window(\d+)", backbone)
@@ -113,7 +113,7 @@ def _build_timm_classifier(name: str, *, backbone: str, num_classes: int, pretra
                                   dropout=float(dropout), modalities=list(mods))
     if name == "swin_t":
         kwargs["window_size"] = window_size
-    model.spec = _spec(name, model, num_classes, input_size, kwargs)
+    model.spec = classifier_spec(name, model, num_classes, input_size, kwargs)
     return model
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dr_ray.models.classifiers._common import _check_int
+from dr_ray.models.classifiers._common import check_int
 
 # Modules whose train flag only switches dropout: their own attention dropout, and for the transformer layers
 # the inference fast path, which skips the (train-mode) dropout submodules altogether.
@@ -27,7 +27,7 @@ def mc_dropout_predict(model: nn.Module, batch: Mapping[str, Any], samples: int)
     mean probabilities (predictive entropy, in [0, log C]). Raises ValueError when ``samples < 1`` or the model
     has no dropout with p > 0 (every pass would be identical).
     """
-    _check_int("samples", samples)
+    check_int("samples", samples)
     modes = {m: m.training for m in model.modules()}
     drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
     if not drops:

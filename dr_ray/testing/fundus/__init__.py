@@ -17,7 +17,9 @@ Conventions (shared by every array in :class:`SyntheticFundus`):
 * ``vessel_mask`` is the vessel tree only. Neovascularisation and IRMA are drawn as fine vessels in the
   image but live in ``lesion_masks["nv"]`` / ``lesion_masks["irma"]``, not in ``vessel_mask``.
 
-Layout (one module per topic; the public names are re-exported here: import them from ``dr_ray.testing.fundus``):
+Layout (one module per topic). The API (``make_fundus``, ``encode_jpeg``, ``SyntheticFundus`` and its codes) is
+re-exported here: import it from ``dr_ray.testing.fundus``; the drawing steps the modules share are public in
+their own module only:
 
 * ``result.py`` - :class:`SyntheticFundus` and the codes its arrays use (``NODE_*``, ``ARTERY`` / ``VEIN`` /
   ``CROSSING``, ``STYLES``, ``EYES``).

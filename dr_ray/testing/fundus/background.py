@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from dr_ray.testing.fundus.geometry import _Geometry
+from dr_ray.testing.fundus.geometry import Geometry
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
@@ -17,7 +17,7 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float
     return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-def _local(geo: _Geometry, x: float, y: float, r: float):
+def _local(geo: Geometry, x: float, y: float, r: float):
     """Slices of the frame box around (x, y) with half-size r, and its (dy, dx) offset grids in px; None if empty."""
     x0, x1 = max(0, int(math.floor(x - r))), min(geo.width, int(math.ceil(x + r)) + 1)
     y0, y1 = max(0, int(math.floor(y - r))), min(geo.height, int(math.ceil(y + r)) + 1)
@@ -28,7 +28,7 @@ def _local(geo: _Geometry, x: float, y: float, r: float):
     return (slice(y0, y1), slice(x0, x1)), dy, dx
 
 
-def _background(rng: np.random.Generator, geo: _Geometry) -> np.ndarray:
+def draw_background(rng: np.random.Generator, geo: Geometry) -> np.ndarray:
     """(H, W, 3) float32 RGB 0-255: fundus colour, vignetting, choroidal texture, disc and macula."""
     h, w, R = geo.height, geo.width, geo.radius
     base = np.array([rng.uniform(198, 228), rng.uniform(92, 118), rng.uniform(36, 56)], np.float32)

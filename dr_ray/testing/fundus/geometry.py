@@ -10,7 +10,9 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class _Geometry:
+class Geometry:
+    """Frame and FOV geometry of one synthetic fundus (what :func:`draw_geometry` drew)."""
+
     height: int
     width: int
     cx: float
@@ -25,8 +27,9 @@ class _Geometry:
     scale: float  # FOV radius / 512: sizes are specified at a 1024-px FOV diameter
 
 
-def _geometry(rng: np.random.Generator, width: int, height: int, style: str, notch: bool | None,
-              crop_top_bottom: float | None, eye: str) -> _Geometry:
+def draw_geometry(rng: np.random.Generator, width: int, height: int, style: str, notch: bool | None,
+                  crop_top_bottom: float | None, eye: str) -> Geometry:
+    """Draw the frame geometry (FOV circle, notch, top/bottom crop, disc and macula) for ``make_fundus``."""
     # Draw every random quantity whatever the flags, so that notch/crop/eye choices don't shift the
     # stream and e.g. notch=True vs False differ only by the notch.
     r_jitter, cx_jitter, cy_jitter = rng.uniform(-1.0, 1.0, 3)
@@ -79,6 +82,6 @@ def _geometry(rng: np.random.Generator, width: int, height: int, style: str, not
     tsign = 1.0 if eye == "left" else -1.0
     disc = (cx - tsign * disc_dx * radius, cy + disc_dy * radius)
     macula = (cx + tsign * mac_dx * radius, cy + mac_dy * radius)
-    return _Geometry(height=height, width=width, cx=cx, cy=cy, radius=radius, fov_mask=fov, fov_dist=fov_dist,
-                     disc=disc, disc_radius=disc_r * radius, macula=macula, temporal_sign=tsign,
-                     scale=radius / 512.0)
+    return Geometry(height=height, width=width, cx=cx, cy=cy, radius=radius, fov_mask=fov, fov_dist=fov_dist,
+                    disc=disc, disc_radius=disc_r * radius, macula=macula, temporal_sign=tsign,
+                    scale=radius / 512.0)

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 
 from dr_ray.io.columns import LESION_KINDS
-from dr_ray.testing.fundus.geometry import _Geometry
-from dr_ray.testing.fundus.tubes import _rasterise_tubes
+from dr_ray.testing.fundus.geometry import Geometry
+from dr_ray.testing.fundus.tubes import rasterise_tubes
 
 # Colour multipliers (R, G, B) at full "darkness" and blend targets (RGB) of the lesions; the vessel tints
 # are in render.py.
@@ -29,7 +29,7 @@ _LESION_COUNTS = {
 }
 
 
-def _sample_points(rng: np.random.Generator, geo: _Geometry, n: int, margin: float, *,
+def _sample_points(rng: np.random.Generator, geo: Geometry, n: int, margin: float, *,
                    around: tuple[float, float] | None = None, spread: float = 1.0) -> np.ndarray:
     """(n, 2) float (x, y) inside the FOV (>= margin px from its border) and clear of the disc.
 
@@ -57,7 +57,7 @@ def _sample_points(rng: np.random.Generator, geo: _Geometry, n: int, margin: flo
     raise RuntimeError(f"could not place {n} lesions in a FOV of radius {geo.radius:.0f} px")
 
 
-def _random_walk(rng: np.random.Generator, geo: _Geometry, start: np.ndarray, n_steps: int, step: float,
+def _random_walk(rng: np.random.Generator, geo: Geometry, start: np.ndarray, n_steps: int, step: float,
                  turn_deg: float, width: float) -> np.ndarray | None:
     """Tortuous polyline (K, 2) from ``start``; cut where it would leave the FOV or enter the disc."""
     heading = rng.uniform(0, 2 * math.pi) + np.cumsum(np.radians(rng.normal(0.0, turn_deg, n_steps)))
@@ -73,7 +73,7 @@ def _random_walk(rng: np.random.Generator, geo: _Geometry, start: np.ndarray, n_
     return pts if len(pts) >= 2 else None
 
 
-def _lesions(rng: np.random.Generator, geo: _Geometry, grade: int):
+def draw_lesions(rng: np.random.Generator, geo: Geometry, grade: int):
     """Lesion masks for ``grade`` plus how to paint them: (masks, darken_list, brighten_list).
 
     darken_list: (alpha (H, W) float32, tint (3,)) multiplied in; brighten_list: (alpha, rgb) blended in.
@@ -161,7 +161,7 @@ def _lesions(rng: np.random.Generator, geo: _Geometry, grade: int):
         i += 1
     for kind, lines in (("irma", irma_lines), ("nv", nv_lines)):
         if lines:
-            m, dark = _rasterise_tubes([p for p, _ in lines], [wd for _, wd in lines], [0.8] * len(lines), (h, w))
+            m, dark = rasterise_tubes([p for p, _ in lines], [wd for _, wd in lines], [0.8] * len(lines), (h, w))
             masks[kind] = m
             tubes.append((dark, _NEOVESSEL_TINT))
 

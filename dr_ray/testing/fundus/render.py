@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 
 from dr_ray.io.columns import LESION_KINDS
-from dr_ray.testing.fundus.background import _background
-from dr_ray.testing.fundus.geometry import _geometry
-from dr_ray.testing.fundus.lesions import _lesions
+from dr_ray.testing.fundus.background import draw_background
+from dr_ray.testing.fundus.geometry import draw_geometry
+from dr_ray.testing.fundus.lesions import draw_lesions
 from dr_ray.testing.fundus.result import (
     ARTERY,
     EYES,
@@ -20,8 +20,8 @@ from dr_ray.testing.fundus.result import (
     VEIN,
     SyntheticFundus,
 )
-from dr_ray.testing.fundus.tubes import _rasterise_tubes, _support
-from dr_ray.testing.fundus.vessels import _vessel_tree
+from dr_ray.testing.fundus.tubes import rasterise_tubes, support_slices
+from dr_ray.testing.fundus.vessels import grow_vessel_tree
 
 # Grade drawn when make_fundus(grade=None): DR-enriched compared with EyePACS (73% grade 0) so that a
 # handful of seeds already shows every grade.
@@ -87,36 +87,36 @@ def make_fundus(seed: int, width: int = 1024, height: int = 1024, *, grade: int 
     drawn_eye = EYES[int(r_geo.integers(2))]
     grade = (drawn_grade if grade is None else int(grade)) if lesions else 0
     eye = drawn_eye if eye is None else eye
-    geo = _geometry(r_geo, width, height, style, notch, crop_top_bottom, eye)
+    geo = draw_geometry(r_geo, width, height, style, notch, crop_top_bottom, eye)
     shape = (height, width)
 
     # vessel tree -> masks and darkness
     if vessels:
-        tb = _vessel_tree(r_ves, geo)
+        tb = grow_vessel_tree(r_ves, geo)
         polylines, widths, av = tb.polylines, tb.widths, tb.av
     else:
         tb, polylines, widths, av = None, [], [], []
     contrast = [min(1.0, 0.35 + 0.65 * wd / (9.0 * geo.scale)) for wd in widths]
     art = [i for i, a in enumerate(av) if a == ARTERY]
     ven = [i for i, a in enumerate(av) if a == VEIN]
-    art_mask, art_dark = _rasterise_tubes([polylines[i] for i in art], [widths[i] for i in art],
-                                          [contrast[i] * 0.9 for i in art], shape, reflex=True)
-    ven_mask, ven_dark = _rasterise_tubes([polylines[i] for i in ven], [widths[i] for i in ven],
-                                          [contrast[i] for i in ven], shape)
+    art_mask, art_dark = rasterise_tubes([polylines[i] for i in art], [widths[i] for i in art],
+                                         [contrast[i] * 0.9 for i in art], shape, reflex=True)
+    ven_mask, ven_dark = rasterise_tubes([polylines[i] for i in ven], [widths[i] for i in ven],
+                                         [contrast[i] for i in ven], shape)
     av_map = art_mask.astype(np.uint8) + 2 * ven_mask.astype(np.uint8)  # 3 where both
 
     # picture
-    img = _background(r_bg, geo)
+    img = draw_background(r_bg, geo)
     if lesions:
-        masks, darken, brighten = _lesions(r_les, geo, grade)
+        masks, darken, brighten = draw_lesions(r_les, geo, grade)
     else:
         masks, darken, brighten = {k: np.zeros(shape, bool) for k in LESION_KINDS}, [], []
     # Layers touch a small part of the frame: apply each inside the bounding box of its support only.
     for alpha, rgb in brighten:
-        for sl in _support(alpha):
+        for sl in support_slices(alpha):
             img[sl] += alpha[sl][..., None] * (rgb - img[sl])
     for alpha, tint in [*darken, (art_dark, _ARTERY_TINT), (ven_dark, _VEIN_TINT)]:
-        for sl in _support(alpha):
+        for sl in support_slices(alpha):
             img[sl] *= 1.0 - alpha[sl][..., None] * (1.0 - tint)
     img = cv2.GaussianBlur(img, (0, 0), 0.7)
     # sensor noise: a little luminance noise shared by the channels plus independent colour noise

@@ -36,7 +36,7 @@ def _tube_pixels(pts: np.ndarray, width: float, shape: tuple[int, int]) -> tuple
     return (ys_b[keep] * w + xs_b[keep]), dist[keep]
 
 
-def _support(alpha: np.ndarray) -> list[tuple[slice, slice]]:
+def support_slices(alpha: np.ndarray) -> list[tuple[slice, slice]]:
     """[bounding box (row slice, col slice) of alpha's non-zero pixels], or [] when alpha is all zero."""
     rows = np.flatnonzero(alpha.any(axis=1))
     if rows.size == 0:
@@ -45,8 +45,8 @@ def _support(alpha: np.ndarray) -> list[tuple[slice, slice]]:
     return [(slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))]
 
 
-def _rasterise_tubes(polylines: list[np.ndarray], widths: list[float], contrasts: list[float],
-                     shape: tuple[int, int], reflex: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def rasterise_tubes(polylines: list[np.ndarray], widths: list[float], contrasts: list[float],
+                    shape: tuple[int, int], reflex: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Binary mask and darkness map of tubes of given diameters along polylines.
 
     Returns ``mask`` (H, W) bool (pixel centre within width/2 of some centreline) and ``dark``

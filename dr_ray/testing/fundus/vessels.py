@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from dr_ray.testing.fundus.geometry import _Geometry
+from dr_ray.testing.fundus.geometry import Geometry
 from dr_ray.testing.fundus.result import ARTERY, VEIN
 
 
@@ -44,7 +44,7 @@ class _TreeBuilder:
     the FOV border (keeping width/2 + 2 px inside), at the foveal avascular zone and at a minimum width.
     """
 
-    def __init__(self, rng: np.random.Generator, geo: _Geometry):
+    def __init__(self, rng: np.random.Generator, geo: Geometry):
         self.rng = rng
         self.geo = geo
         self.nodes: list[tuple[float, float]] = []
@@ -155,7 +155,9 @@ class _TreeBuilder:
                 self._grow(child, pts[-1], th_end, k, w, depth + 1, max_depth, av, flip_y, still_arcade)
 
 
-def _vessel_tree(rng: np.random.Generator, geo: _Geometry) -> _TreeBuilder:
+def grow_vessel_tree(rng: np.random.Generator, geo: Geometry) -> _TreeBuilder:
+    """Grow the arterial and venous trees (temporal arcades, nasal trees, papillomacular vessels) from the disc;
+    the builder holds their nodes, edges, polylines, widths and artery/vein labels."""
     s, R = geo.scale, geo.radius
     tb = _TreeBuilder(rng, geo)
     for flip_y in (1.0, -1.0):  # superior, inferior
