@@ -29,8 +29,8 @@ import pyarrow.dataset as pads
 from dr_ray.config import Config
 from dr_ray.io import columns as C
 from dr_ray.io import fs
-from dr_ray.pipelines.report_sections import (SAMPLE_MAPS, gradcam_section, image_rows, json_default, plots_section,
-                                              sample_maps_section, uncertain_section)
+from dr_ray.pipelines.report_sections import (SAMPLE_MAPS, gradcam_section, image_rows, json_default, metric_keys,
+                                              plots_section, sample_maps_section, uncertain_section)
 from dr_ray.pipelines.runtime import init_ray, stage_dir
 
 log = logging.getLogger(__name__)
@@ -261,9 +261,7 @@ def run_evaluate(cfg: Config) -> dict:
     report.add_text("Each image is scored once, by the model of the fold that held it out (its outer test fold). "
                     "Per-fold rows are those outer test folds; \"pooled\" puts every out-of-fold prediction together. "
                     "An undefined metric (e.g. AUC of a fold with one class only) is n/a, never 0.5.")
-    keys = ["auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "qwk", "ece"]
-    if n_classes == 5:
-        keys += ["referable_auc", "referable_sensitivity", "referable_specificity"]
+    keys = metric_keys(n_classes)
     report.add_table([{"split": f"outer test fold {f['fold']}", **{k: f.get(k) for k in keys}} for f in per_fold]
                      + [{"split": "pooled out-of-fold", **{k: pooled.get(k) for k in keys}}], columns=["split", *keys])
     report.add_heading("Pooled out-of-fold metrics with patient-level bootstrap intervals", 3)

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from dr_ray.config import Config
 from dr_ray.io import columns as C
 from dr_ray.io import fs
-from dr_ray.pipelines.report_sections import (SAMPLE_MAPS, gradcam_section, json_default, plots_section,
+from dr_ray.pipelines.report_sections import (SAMPLE_MAPS, gradcam_section, json_default, metric_keys, plots_section,
                                               sample_maps_section, uncertain_section)
 
 
@@ -86,9 +86,7 @@ def run_external_evaluate(cfg: Config) -> dict:
     report.add_text("Every graded image of the test dataset, scored once by the mean of the train run's fold "
                     "models. Nothing (epoch, threshold, hyperparameter) was selected on these images. Metrics at "
                     "the class with the highest probability; an undefined metric is n/a.")
-    keys = ["auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "qwk", "ece"]
-    if n_classes == 5:
-        keys += ["referable_auc", "referable_sensitivity", "referable_specificity"]
+    keys = metric_keys(n_classes)
     report.add_table([{"split": "external (all graded images)", **{k: pooled.get(k) for k in keys}}],
                      columns=["split", *keys])
     report.add_heading("Metrics with patient-level bootstrap intervals", 3)

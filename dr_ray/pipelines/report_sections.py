@@ -16,6 +16,12 @@ GRADE_NAMES = ("0 none", "1 mild", "2 moderate", "3 severe", "4 proliferative")
 REFERABLE_NAMES = ("non-referable", "referable")
 
 
+def metric_keys(n_classes: int) -> list[str]:
+    """The metric columns of a report's tables: the shared ones, plus the referable ones of a 5-class model."""
+    keys = ["auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "qwk", "ece"]
+    return keys + ["referable_auc", "referable_sensitivity", "referable_specificity"] if n_classes == 5 else keys
+
+
 def thumbnail(png: bytes, size: int = 192) -> np.ndarray:
     import cv2
 
@@ -234,5 +240,5 @@ def json_default(v: Any):
     return str(v)
 
 
-__all__ = ["GRADE_NAMES", "REFERABLE_NAMES", "SAMPLE_BIOMARKERS", "SAMPLE_MAPS", "gradcam_section", "image_rows", "json_default",
-           "plots_section", "sample_maps_section", "thumbnail", "uncertain_section"]
+__all__ = ["GRADE_NAMES", "REFERABLE_NAMES", "SAMPLE_BIOMARKERS", "SAMPLE_MAPS", "gradcam_section", "image_rows",
+           "json_default", "metric_keys", "plots_section", "sample_maps_section", "thumbnail", "uncertain_section"]
