@@ -74,7 +74,7 @@ def assign_folds(table: pa.Table, k: int = 5, seed: int = 0) -> pa.Table:
 
 def images_without_patient(table: pa.Table) -> int:
     """Rows whose ``patient_id`` is their own ``image_id``: the reader knew no patient for them (the catalog
-    convention of :func:`dr_ray.io.catalog._base.new_row`), so their other images, if any, may sit in other folds."""
+    convention of :func:`dr_ray.io.catalog._rows.new_row`), so their other images, if any, may sit in other folds."""
     for name in (C.PATIENT_ID, C.IMAGE_ID):
         if name not in table.column_names:
             raise ValueError(f"images_without_patient: table has no {name!r} column (columns: {table.column_names})")

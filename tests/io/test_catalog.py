@@ -527,7 +527,7 @@ def test_messidor2_distribution_pairing_file(tmp_path: Path, caplog):
     assert res.patient_level
     # without the pairing file: every image its own patient, a warning, patient_level false
     (tmp_path / "messidor-2.csv").unlink()
-    with caplog.at_level("WARNING", logger="dr_ray.io.catalog._base"):
+    with caplog.at_level("WARNING", logger="dr_ray.io.catalog._collector"):
         res = read_messidor2(str(tmp_path))
     assert not res.patient_level
     assert any("4 of 4 images have no patient id" in r.getMessage() for r in caplog.records)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from dr_ray.io.catalog._base import CatalogResult, LabelProblem
+from dr_ray.io.catalog._result import CatalogResult, LabelProblem
 from dr_ray.io.catalog.grading import read_aptos, read_eyepacs, read_messidor2
 from dr_ray.io.catalog.lesions import read_fgadr, read_idrid
 from dr_ray.io.catalog.parquet import (

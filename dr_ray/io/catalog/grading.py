@@ -12,27 +12,20 @@ import logging
 from typing import Callable
 
 from dr_ray.io import fs
-from dr_ray.io.catalog._base import (
-    CatalogResult,
-    Collector,
+from dr_ray.io.catalog._collector import Collector, LabelFile, grade_at
+from dr_ray.io.catalog._csv import csv_rows, open_labels, parse_grade, patient_and_eye, read_label_text
+from dr_ray.io.catalog._paths import (
     IMAGE_EXTENSIONS,
     FolderIndex,
-    LabelFile,
-    LabelProblem,
     basename,
-    csv_rows,
     first_dir,
-    grade_at,
     has_ext,
-    new_row,
-    open_labels,
-    parse_grade,
-    patient_and_eye,
-    read_label_text,
     require_root,
     resolve_labels,
     stem,
 )
+from dr_ray.io.catalog._result import CatalogResult, LabelProblem
+from dr_ray.io.catalog._rows import new_row
 
 log = logging.getLogger(__name__)
 

@@ -9,27 +9,20 @@ from __future__ import annotations
 
 from dr_ray.io import columns as C
 from dr_ray.io import fs
-from dr_ray.io.catalog._base import (
+from dr_ray.io.catalog._collector import Collector, LabelFile, grade_at
+from dr_ray.io.catalog._csv import csv_rows, fit_row, open_labels, parse_grade, read_label_text
+from dr_ray.io.catalog._paths import (
     MASK_EXTENSIONS,
-    CatalogResult,
-    Collector,
     FolderIndex,
-    LabelFile,
-    LabelProblem,
     basename,
-    csv_rows,
     first_dir,
-    fit_row,
-    grade_at,
     has_ext,
-    new_row,
-    open_labels,
-    parse_grade,
-    read_label_text,
     require_root,
     resolve_labels,
     stem,
 )
+from dr_ray.io.catalog._result import CatalogResult, LabelProblem
+from dr_ray.io.catalog._rows import new_row
 
 # --- IDRiD ---------------------------------------------------------------------------------------
 

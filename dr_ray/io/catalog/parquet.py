@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from dr_ray.io import columns as C
 from dr_ray.io import fs
-from dr_ray.io.catalog._base import CatalogResult, LabelProblem
+from dr_ray.io.catalog._result import CatalogResult, LabelProblem
 
 PROBLEMS_SCHEMA = pa.schema(
     [

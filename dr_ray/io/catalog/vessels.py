@@ -14,19 +14,18 @@ from typing import Callable
 
 from dr_ray.io import columns as C
 from dr_ray.io import fs
-from dr_ray.io.catalog._base import (
+from dr_ray.io.catalog._collector import Collector
+from dr_ray.io.catalog._paths import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
-    CatalogResult,
-    Collector,
     FolderIndex,
     dirname,
     first_dir,
-    new_row,
     require_root,
     stem,
-    unique_rows,
 )
+from dr_ray.io.catalog._result import CatalogResult
+from dr_ray.io.catalog._rows import new_row, unique_rows
 
 
 @dataclass(frozen=True)
