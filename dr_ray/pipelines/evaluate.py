@@ -87,18 +87,22 @@ class ClassifierActor:
     def score(self, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
         """One numpy batch of joined rows -> ``probs`` (B, C) (eval mode), ``mc_probs`` (B, C) (MC-dropout mean),
         ``entropy`` (B,) nats and the per-row decode error (None = scored; NaN probabilities otherwise)."""
+        return self.score_decoded(*self._decode(batch))
+
+    def score_decoded(self, decoded: dict | None, errors: list[str | None]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+        """:meth:`score` of rows already decoded by :meth:`_decode` (``decoded`` holds the rows without an error)."""
         import torch
 
         from dr_ray.models.classifiers import mc_dropout_predict
         from dr_ray.training.classify import predict
         from dr_ray.training.fusion_data import collate, to_device
 
-        n = len(batch[C.IMAGE_ID])
+        n = len(errors)
         c = self.spec.num_classes
         probs = np.full((n, c), np.nan, np.float32)
         mc = np.full((n, c), np.nan, np.float32)
         entropy = np.full(n, np.nan, np.float32)
-        decoded, errors = self._decode(batch)
         ok = [i for i in range(n) if errors[i] is None]
         if decoded is not None:
             cb = collate(decoded)

@@ -103,10 +103,12 @@ def load_ensemble(run_dir: str) -> Ensemble:
         hashes.append(artifact_hash(d))
     first = specs[0]
     for k, s in zip(folds, specs):
-        if (s.modalities, s.task, s.image_input, s.num_classes) != (first.modalities, first.task, first.image_input,
-                                                                    first.num_classes):
+        same = ("modalities", "task", "image_input", "num_classes", "image_size", "lesion_size", "lesion_kinds",
+                "stats_features")  # all but the biomarker standardisation: one decode serves every fold model
+        if any(getattr(s, a) != getattr(first, a) for a in same):
             raise ValueError(f"{dirs[k]}: fold {k}'s model reads {s.modalities}/{s.task}/{s.image_input}, fold "
-                             f"{folds[0]}'s {first.modalities}/{first.task}/{first.image_input}: not one ensemble")
+                             f"{folds[0]}'s {first.modalities}/{first.task}/{first.image_input} (or their sizes, "
+                             "lesion kinds or biomarkers differ): not one ensemble")
     return Ensemble(run_dir=str(root), folds=folds, model_dirs=tuple(dirs[k] for k in folds),
                     model_hashes=tuple(hashes), modalities=tuple(first.modalities), task=first.task,
                     image_input=first.image_input, cv=cv)
@@ -160,17 +162,24 @@ class EnsembleActor:
         self.config_hash, self.threshold = config_hash, float(threshold)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from dr_ray.training.fusion_data import stats_vector
+
         n = batch.num_rows
         rows = {c: batch.column(c).to_numpy(zero_copy_only=False) for c in batch.column_names}
         # predictions never read labels: an ungraded image decodes with a placeholder grade (decode_rows turns
         # grades into training labels and refuses a missing one); the output keeps the real (null) grade
         rows[C.GRADE] = np.zeros(n, np.int64)
-        fold_probs, fold_mc, errors = [], [], [None] * n
+        # decoded once (PNGs, lesion maps, graphs); only the biomarker standardisation is each fold model's own
+        decoded, errors = self.members[0]._decode(rows)
+        ok_rows = [i for i in range(n) if errors[i] is None]
+        fold_probs, fold_mc = [], []
         for m in self.members:
-            p, mc, _, err = m.score(rows)
+            d = decoded
+            if decoded is not None and "stats" in decoded:
+                d = {**decoded, "stats": stats_vector({f: rows[f][ok_rows] for f in m.spec.stats_features}, m.spec)}
+            p, mc, _, _ = m.score_decoded(d, errors)
             fold_probs.append(p)
             fold_mc.append(mc)
-            errors = [a or b for a, b in zip(errors, err)]
         out = combine(np.stack(fold_probs).astype(np.float64), np.stack(fold_mc).astype(np.float64),
                       threshold=self.threshold)
         ok = np.asarray([e is None for e in errors])
