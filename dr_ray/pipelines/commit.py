@@ -431,22 +431,40 @@ def actor_retry_args(ray_cfg) -> dict:
     return {"max_restarts": -1, "max_task_retries": int(ray_cfg.max_task_retries)}
 
 
+class StreamStalled(TimeoutError):
+    """A stage stream made no progress for ``ray.no_progress_timeout_s`` (a hung image, a dead actor Ray Data
+    waits on): what it committed is kept; the rows it did not commit are run in isolated tasks or left to a
+    resume."""
+
+
+def consume(ds, what: str, ray_cfg) -> pa.Table:
+    """Run a stream ending in commits to the end and return its small count rows (``COMMIT_RESULT_SCHEMA``);
+    clear errors for an actor pool that cannot be placed (:class:`TimeoutError`) and for a stream without
+    progress (:class:`StreamStalled`)."""
+    import ray
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    try:
+        parts = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
+    except ray.exceptions.GetTimeoutError as e:  # an actor pool that cannot be placed (Ray Data's own wording)
+        raise TimeoutError(
+            f"{what}: an actor pool of this stage did not start within ray.actor_start_timeout_s="
+            f"{ray_cfg.actor_start_timeout_s:g} s: the cluster lacks what each actor asks for (the stage's "
+            f"gpus_per_actor / cpus_per_actor, times its actors); lower them or add nodes ({e})") from e
+    except ExecutionTimeoutError as e:
+        raise StreamStalled(
+            f"{what}: the stream made no progress for ray.no_progress_timeout_s={ray_cfg.no_progress_timeout_s:g} "
+            f"s (a hung image or a dead actor); its committed rows are kept ({str(e).splitlines()[0]})") from e
+    return pa.concat_tables(parts) if parts else COMMIT_RESULT_SCHEMA.empty_table()
+
+
 def run_commits(ds, stage_path: str, *, run_id: str, rows_per_file: int, ray_cfg) -> pa.Table:
     """Execute a stage dataset (its output rows, with status/error) by committing batches of
     ``rows_per_file`` rows to ``stage_path``; returns the small per-commit results (``COMMIT_RESULT_SCHEMA``).
     Build ``ds`` inside ``with_context(bounded_data_context(...))`` so its operators see the same limits."""
-    import ray
-
     committed = ds.map_batches(commit_batch, batch_format="pyarrow", batch_size=rows_per_file,
                                fn_kwargs={"stage_path": stage_path, "run_id": run_id}, **task_retry_args(ray_cfg))
-    try:
-        parts = [b for b in committed.iter_batches(batch_format="pyarrow", batch_size=None)]
-    except ray.exceptions.GetTimeoutError as e:  # an actor pool that cannot be placed (Ray Data's own wording)
-        raise TimeoutError(
-            f"{stage_path}: an actor pool of this stage did not start within ray.actor_start_timeout_s="
-            f"{ray_cfg.actor_start_timeout_s:g} s: the cluster lacks what each actor asks for (the stage's "
-            f"gpus_per_actor / cpus_per_actor, times its actors); lower them or add nodes ({e})") from e
-    return pa.concat_tables(parts) if parts else COMMIT_RESULT_SCHEMA.empty_table()
+    return consume(committed, stage_path, ray_cfg)
 
 
 def with_context(ctx):
@@ -463,7 +481,8 @@ class Isolation:
     ``process(table) -> table``: input rows -> stage output rows (status/error columns), picklable;
     ``fetch(ids) -> table``: the input rows of those ids (picklable; runs in the task, so the driver never holds
     image data); ``quarantine(ids, reason) -> table``: output rows quarantining ids (driver side, no image data);
-    ``options``: the task's resources (``num_cpus``, ``num_gpus``)."""
+    ``options``: the task's resources (``num_cpus``, ``num_gpus``). A stream that writes several stage folders
+    (``dr-ray label``) returns ``{stage folder: table}`` from ``process`` and ``quarantine`` instead."""
 
     process: object
     fetch: object
@@ -471,52 +490,84 @@ class Isolation:
     options: dict
 
 
-def _isolated_task(fetch, process, ids: list[str], stage_path: str, run_id: str) -> pa.Table:
-    return commit_tables({stage_path: process(fetch(ids))}, run_id=run_id)
+def _as_tables(out, stage_path: str) -> Mapping[str, pa.Table]:
+    return out if isinstance(out, Mapping) else {stage_path: out}
+
+
+def _isolated_task(fetch, process, ids: list[str], stage_path: str, run_id: str):
+    """A Ray generator task: its first item says it runs (the timeout clock starts then, not while it waits for
+    a CPU), its second is the commit counts."""
+    yield None
+    yield commit_tables(_as_tables(process(fetch(ids)), stage_path), run_id=run_id)
 
 
 def isolate_missing(missing: Sequence[str], iso: Isolation, stage_path: str, *, run_id: str, max_retries: int,
                     group_size: int, timeout_s: float) -> dict[str, int]:
-    """Rows that the stream did not commit (their task died ``max_retries`` + 1 times) run again in isolated
-    tasks: groups of ``group_size`` first, a group whose worker dies is split in two, and a single row whose
-    task dies ``max_retries`` + 1 times (native crash, OOM, os._exit) or runs past ``timeout_s`` is quarantined
-    "worker died" / "timed out". An application error is raised (it would fail for every row). Returns counts."""
+    """Rows that the stream did not commit (their task died ``max_retries`` + 1 times, or the stream stalled)
+    run again in isolated tasks: groups of ``group_size`` first, a group whose worker dies or that runs past
+    ``timeout_s`` is split in two, and a single row whose task dies ``max_retries`` + 1 times (native crash,
+    OOM, os._exit) or runs past ``timeout_s`` alone is quarantined "worker died" / "timed out". A task's clock
+    starts when it starts running (its first generator item), so waiting for a CPU never times an image out;
+    when tasks are waiting and none starts or ends for ``timeout_s`` (the cluster cannot place
+    ``iso.options``), the run fails with a TimeoutError, as that is no image's fault. An application error is raised (it would fail for every row).
+    Returns counts."""
     import ray
 
     crash = _crash_types()
     task = ray.remote(_isolated_task)
-    groups = [list(missing[i:i + group_size]) for i in range(0, len(missing), max(1, group_size))]
+    queue = [list(missing[i:i + group_size]) for i in range(0, len(missing), max(1, group_size))]
     counts = {"committed": 0, "worker_died": 0, "timed_out": 0}
-    while groups:
-        refs = {}
-        for g in groups:
+    running: list[list] = []  # [generator, group, started, deadline]
+
+    def failed(g: list[str], reason: str) -> None:
+        if len(g) > 1:
+            h = len(g) // 2
+            queue.extend([g[:h], g[h:]])
+            return
+        log.error("%s: %s quarantined: %s", stage_path, g[0], reason)
+        commit_tables(_as_tables(iso.quarantine(g, reason), stage_path), run_id=run_id,
+                      task_key=f"died{task_key_of(g)}")
+        counts["timed_out" if reason.startswith("timed out") else "worker_died"] += 1
+
+    last_progress = time.monotonic()
+    while queue or running:
+        for g in queue:  # all at once: Ray queues what the cluster cannot run yet
             opts = {**iso.options, "max_retries": max_retries if len(g) == 1 else 0}
-            refs[task.options(**opts).remote(iso.fetch, iso.process, g, stage_path, run_id)] = g
-        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-        groups = []
-        dead: list[tuple[list[str], str]] = []
-        for ref in pending:
-            ray.cancel(ref, force=True)
-            dead.append((refs[ref], f"timed out (task ran past {timeout_s:.0f} s)"))
-        for ref in ready:
-            g = refs[ref]
+            gen = task.options(**opts).remote(iso.fetch, iso.process, g, stage_path, run_id)
+            running.append([gen, g, False, float("inf")])
+        queue.clear()
+        next_deadline = min(min(r[3] for r in running), last_progress + timeout_s)
+        ready, _ = ray.wait([r[0] for r in running], num_returns=1,
+                            timeout=max(0.0, next_deadline - time.monotonic()))
+        for r in [r for r in running if any(r[0] is x for x in ready)]:
+            last_progress = time.monotonic()
             try:
-                ray.get(ref)
-                counts["committed"] += len(g)
+                ray.get(next(r[0]))
             except crash as e:
-                dead.append((g, f"worker died ({max_retries + 1} attempts; {type(e).__name__})"))
-        for g, reason in dead:
-            if len(g) > 1:
-                h = len(g) // 2
-                groups += [g[:h], g[h:]]
+                running.remove(r)
+                failed(r[1], f"worker died ({max_retries + 1} attempts; {type(e).__name__})")
                 continue
-            log.error("%s: %s quarantined: %s", stage_path, g[0], reason)
-            commit_tables({stage_path: iso.quarantine(g, reason)}, run_id=run_id, task_key=f"died{task_key_of(g)}")
-            counts["timed_out" if reason.startswith("timed out") else "worker_died"] += 1
+            if not r[2]:  # it started: from now on it has timeout_s to finish
+                r[2], r[3] = True, time.monotonic() + timeout_s
+            else:
+                running.remove(r)
+                counts["committed"] += len(r[1])
+        now = time.monotonic()
+        for r in [r for r in running if r[2] and r[3] <= now]:
+            running.remove(r)
+            ray.cancel(r[0], force=True)
+            last_progress = now
+            failed(r[1], f"timed out (task ran past {timeout_s:.0f} s)")
+        if running and not any(r[2] for r in running) and now - last_progress > timeout_s:
+            for r in running:
+                ray.cancel(r[0], force=True)
+            raise TimeoutError(f"{stage_path}: {len(running)} isolated tasks did not start within {timeout_s:.0f} "
+                               f"s: the cluster cannot place {iso.options}")
     return counts
 
 
-__all__ = ["Isolation", "actor_retry_args", "bounded_data_context", "isolate_missing", "run_commits",
+__all__ = ["Isolation", "StreamStalled", "actor_retry_args", "bounded_data_context", "consume", "isolate_missing",
+           "run_commits",
            "task_retry_args", "with_context", "COMMITS_DIR", "COMMIT_RESULT_SCHEMA", "LEASE_FILE", "LeaseHeldError", "LeaseLostError", "STAGING_DIR",
            "StageLease", "check_lease", "commit_batch", "commit_tables", "describe_lease", "lease_is_stale",
            "parse_part_name", "read_lease", "read_marker", "recommit_without", "roll_forward", "task_key_of"]

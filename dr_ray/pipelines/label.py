@@ -64,7 +64,6 @@ STAGES = (PRE, VES, LES)
 IMAGE_ARRAY = "_image"  # (n, size, size, 3) uint8 RGB processed image; zeros where preprocess quarantined
 VESSEL_PROB_ARRAY = "_vessel_prob"  # (n, size, size) uint8 vessel probabilities (p * 255); zeros where none
 TODO = {s: f"_todo_{s}" for s in STAGES}  # bool: this run writes the row of that stage
-TASK_RETRIES = 3  # retries of a CPU task whose worker died (node lost, OOM)
 
 
 def stream_column(stage: str, name: str) -> str:
@@ -222,16 +221,22 @@ def label_vessels_batch(batch: pa.Table, *, cfg: VesselsConfig, cfg_hash: str, f
     return out
 
 
+def stage_table(batch: pa.Table, stage: str) -> pa.Table:
+    """The rows of one stage (``preprocess`` / ``vessels`` / ``pseudo_labels``) this run writes (its
+    ``_todo_*`` flag), in the stage's own schema, from a fused batch that holds that stage's columns."""
+    t = batch.filter(batch.column(TODO[stage]))
+    if stage == PRE:
+        return t.select(C.PREPROCESS_SCHEMA.names).cast(C.PREPROCESS_SCHEMA)
+    schema = C.VESSELS_SCHEMA if stage == VES else C.PSEUDO_LABELS_SCHEMA
+    names = [n if n in C.CATALOG_COLUMNS else stream_column(stage, n) for n in schema.names]
+    return pa.table([t.column(n) for n in names], schema=schema)
+
+
 def split_stage_tables(batch: pa.Table) -> dict[str, pa.Table]:
     """Step 4: one fused batch (step 3's output) -> {"preprocess": ``C.PREPROCESS_SCHEMA``, "vessels":
     ``C.VESSELS_SCHEMA``, "pseudo_labels": ``C.PSEUDO_LABELS_SCHEMA``}, each holding only the rows this run
     writes for that stage (its ``_todo_*`` flag)."""
-    out = {PRE: batch.filter(batch.column(TODO[PRE])).select(C.PREPROCESS_SCHEMA.names).cast(C.PREPROCESS_SCHEMA)}
-    for stage, schema in ((VES, C.VESSELS_SCHEMA), (LES, C.PSEUDO_LABELS_SCHEMA)):
-        t = batch.filter(batch.column(TODO[stage]))
-        names = [n if n in C.CATALOG_COLUMNS else stream_column(stage, n) for n in schema.names]
-        out[stage] = pa.table([t.column(n) for n in names], schema=schema)
-    return out
+    return {s: stage_table(batch, s) for s in STAGES}
 
 
 def commit_label_batch(batch: pa.Table, *, stage_paths: dict[str, str], run_id: str) -> pa.Table:
@@ -243,8 +248,19 @@ def commit_label_batch(batch: pa.Table, *, stage_paths: dict[str, str], run_id: 
     return commit_tables({stage_paths[s]: t for s, t in tables.items()}, run_id=run_id)
 
 
-def _pool(ds, section, *, stages: tuple[str, ...], cfg: Config, hashes: dict, fov_margin: float):
+def model_kwargs(cfg: Config, *, stages: tuple[str, ...], hashes: dict, section) -> dict:
+    """:class:`LabelModels`' constructor arguments; ``section``: the config section sizing its actors."""
+    return {"stages": stages, "vessels": cfg.vessels, "pseudo_labels": cfg.pseudo_labels,
+            "vessel_model_hash": hashes["vessel_model"], "lesion_model_hash": hashes["lesion_model"],
+            "lesion_cfg_hash": hashes[LES], "fov_margin": cfg.preprocess.fov_margin,
+            "use_gpu": section.gpus_per_actor > 0, "amp_bf16": section.amp_bf16,
+            "threads": int(section.cpus_per_actor)}
+
+
+def _pool(ds, section, *, stages: tuple[str, ...], cfg: Config, hashes: dict):
     import ray
+
+    from dr_ray.pipelines.commit import actor_retry_args
 
     return ds.map_batches(
         LabelModels,
@@ -253,33 +269,33 @@ def _pool(ds, section, *, stages: tuple[str, ...], cfg: Config, hashes: dict, fo
         compute=ray.data.ActorPoolStrategy(size=section.actors),
         num_gpus=section.gpus_per_actor,
         num_cpus=section.cpus_per_actor,
-        fn_constructor_kwargs={
-            "stages": stages, "vessels": cfg.vessels, "pseudo_labels": cfg.pseudo_labels,
-            "vessel_model_hash": hashes["vessel_model"], "lesion_model_hash": hashes["lesion_model"],
-            "lesion_cfg_hash": hashes[LES], "fov_margin": fov_margin, "use_gpu": section.gpus_per_actor > 0,
-            "amp_bf16": section.amp_bf16, "threads": int(section.cpus_per_actor)},
+        fn_constructor_kwargs=model_kwargs(cfg, stages=stages, hashes=hashes, section=section),
+        **actor_retry_args(cfg.ray),
     )
 
 
 def build_label_pipeline(ds, cfg: Config, *, hashes: dict[str, str]):
     """Catalog rows with ``_todo_*`` flags -> fused rows ready for :func:`split_stage_tables` (lazy: nothing runs
     until the stream is consumed). ``hashes``: the config hashes of the three stages (keys ``preprocess``,
-    ``vessels``, ``pseudo_labels``) and the model hashes (``vessel_model``, ``lesion_model``)."""
+    ``vessels``, ``pseudo_labels``) and the model hashes (``vessel_model``, ``lesion_model``). Build it inside
+    ``with_context(bounded_data_context(cfg.ray))``."""
+    from dr_ray.pipelines.commit import task_retry_args
+
     fov_margin = cfg.preprocess.fov_margin
     # max_retries on the CPU tasks: bounded (Ray Data's default retries an image that kills its worker forever),
     # and, being a task-only argument, it keeps Ray Data from fusing the decode into the model actor, where every
     # JPEG would be decoded on the actor's one CPU slot instead of on every core.
     ds = ds.map_batches(label_preprocess_batch, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
-                        num_cpus=cfg.ray.cpus_per_task, max_retries=TASK_RETRIES,
+                        num_cpus=cfg.ray.cpus_per_task, **task_retry_args(cfg.ray),
                         fn_kwargs={"cfg": cfg.preprocess, "cfg_hash": hashes[PRE], "threads": cfg.ray.cpus_per_task})
     if cfg.label.model_pools == "one":
-        ds = _pool(ds, cfg.label, stages=(VES, LES), cfg=cfg, hashes=hashes, fov_margin=fov_margin)
+        ds = _pool(ds, cfg.label, stages=(VES, LES), cfg=cfg, hashes=hashes)
     else:
-        ds = _pool(ds, cfg.vessels, stages=(VES,), cfg=cfg, hashes=hashes, fov_margin=fov_margin)
-        ds = _pool(ds, cfg.pseudo_labels, stages=(LES,), cfg=cfg, hashes=hashes, fov_margin=fov_margin)
+        ds = _pool(ds, cfg.vessels, stages=(VES,), cfg=cfg, hashes=hashes)
+        ds = _pool(ds, cfg.pseudo_labels, stages=(LES,), cfg=cfg, hashes=hashes)
     v = cfg.vessels
     return ds.map_batches(label_vessels_batch, batch_format="pyarrow", batch_size=v.graph_batch_size,
-                          num_cpus=v.graph_cpus_per_task, max_retries=TASK_RETRIES,
+                          num_cpus=v.graph_cpus_per_task, **task_retry_args(cfg.ray),
                           fn_kwargs={"cfg": v, "cfg_hash": hashes[VES], "fov_margin": fov_margin,
                                      "threads": v.graph_cpus_per_task})
 
@@ -335,7 +351,15 @@ def run_label(cfg: Config) -> dict[str, StageSummary]:
     ``pseudo_labels``)."""
     import ray
 
-    from dr_ray.pipelines.commit import StageLease
+    from dr_ray.pipelines.commit import (
+        StageLease,
+        StreamStalled,
+        bounded_data_context,
+        consume,
+        task_retry_args,
+        with_context,
+    )
+    from dr_ray.pipelines.label_recovery import recover_missing
     from dr_ray.pipelines.runtime import (
         check_resumable,
         check_shared_storage,
@@ -352,7 +376,7 @@ def run_label(cfg: Config) -> dict[str, StageSummary]:
         log.warning("label problem %s line %d: %s", p.file, p.line, p.reason)
     cat = catalog.table
 
-    with StageLease(list(paths.values())) as lease:
+    with StageLease(list(paths.values()), ttl_s=cfg.output.lease_ttl_s) as lease:
         run_id = lease.run_id
         before = {s: scan_outputs(paths[s], run_id=run_id) for s in STAGES}
         # Refuse before writing anything, so a refused run leaves the earlier runs' folders as they were.
@@ -388,14 +412,21 @@ def run_label(cfg: Config) -> dict[str, StageSummary]:
             check_shared_storage(paths[PRE])
             check_pool_cpus(cfg, total_cpus())
             blocks = blocks_of(plan, max_rows=cfg.ray.rows_per_file, min_blocks=4 * total_cpus())
-            ds = build_label_pipeline(ray.data.from_arrow(blocks), cfg, hashes=hashes)
-            ds = ds.map_batches(commit_label_batch, batch_format="pyarrow", batch_size=cfg.ray.rows_per_file,
-                                num_cpus=cfg.vessels.graph_cpus_per_task, max_retries=TASK_RETRIES,
-                                fn_kwargs={"stage_paths": paths, "run_id": run_id})
             t0 = time.perf_counter()
-            counts = ds.take_all()  # one small row per stage folder and commit: no per-image data
+            with with_context(bounded_data_context(cfg.ray)):
+                ds = build_label_pipeline(ray.data.from_arrow(blocks), cfg, hashes=hashes)
+                ds = ds.map_batches(commit_label_batch, batch_format="pyarrow", batch_size=cfg.ray.rows_per_file,
+                                    num_cpus=cfg.vessels.graph_cpus_per_task, **task_retry_args(cfg.ray),
+                                    fn_kwargs={"stage_paths": paths, "run_id": run_id})
+                try:  # one small row per stage folder and commit: no per-image data
+                    counts = consume(ds, "dr-ray label", cfg.ray)
+                    log.info("label: %d commits in %.1f s", counts.num_rows, time.perf_counter() - t0)
+                except StreamStalled as e:  # a hung image: what was not committed goes to the isolated pass
+                    log.error("%s", e)
+            recovered = recover_missing(plan, cfg, hashes=hashes, paths=paths, run_id=run_id)
+            if any(recovered.values()):
+                log.warning("label: isolated pass: %s", recovered)
             elapsed = time.perf_counter() - t0
-            log.info("label: %d commits in %.1f s", len(counts), elapsed)
 
         out = {PRE: finish_stage(PRE, cat, before[PRE], paths[PRE], label_problems=len(catalog.problems),
                                  already_done=int((~todo[PRE]).sum()), processed_now=int(todo[PRE].sum()),
@@ -419,5 +450,5 @@ def with_models(cfg: Config, *, vessel_model_dir: str, lesion_model_dir: str) ->
 
 __all__ = ["IMAGE_ARRAY", "LabelModels", "VESSEL_PROB_ARRAY", "build_label_pipeline", "check_pool_cpus",
            "commit_label_batch",
-           "label_hashes", "label_preprocess_batch", "label_vessels_batch", "run_label", "split_stage_tables",
+           "label_hashes", "model_kwargs", "stage_table", "label_preprocess_batch", "label_vessels_batch", "run_label", "split_stage_tables",
            "stream_column", "with_models"]

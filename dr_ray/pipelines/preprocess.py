@@ -142,6 +142,7 @@ def run_preprocess(cfg: Config) -> StageSummary:
     from dr_ray.pipelines.commit import (
         Isolation,
         StageLease,
+        StreamStalled,
         bounded_data_context,
         isolate_missing,
         run_commits,
@@ -182,7 +183,10 @@ def run_preprocess(cfg: Config) -> StageSummary:
             t0 = time.perf_counter()
             with with_context(bounded_data_context(cfg.ray)):
                 ds = build_preprocess_pipeline(ray.data.from_arrow(blocks), cfg)
-                run_commits(ds, out, run_id=lease.run_id, rows_per_file=cfg.ray.rows_per_file, ray_cfg=cfg.ray)
+                try:
+                    run_commits(ds, out, run_id=lease.run_id, rows_per_file=cfg.ray.rows_per_file, ray_cfg=cfg.ray)
+                except StreamStalled as e:  # a hung image: the rows not committed go to the isolated pass below
+                    log.error("%s", e)
             got = set(scan_outputs(out, remove_incomplete=False).ids().to_pylist())
             missing = [i for i in todo.column(C.IMAGE_ID).to_pylist() if i not in got]
             if missing:

@@ -23,6 +23,32 @@ def read_stage(stage_dir: str | Path) -> pa.Table:
     return t.sort_by(C.IMAGE_ID)
 
 
+def assert_stage_equal(got: pa.Table, want: pa.Table, what: str = "", *, roots: tuple[str, str] = ("", "")) -> None:
+    """Two stage tables (from :func:`read_stage`) hold the same rows: same ids in the same order, the same
+    columns, equal values (floats to 1e-6 relative, NaN == NaN, lists element-wise, PNG columns by their
+    decoded pixels: the encoder's bytes may differ). ``roots``: output folders taken as equal inside strings
+    (a synthetic sample lives under each run's own output.dir). Raises AssertionError naming the column."""
+    from dr_ray.imaging import decode_png
+
+    assert got.column(C.IMAGE_ID).to_pylist() == want.column(C.IMAGE_ID).to_pylist(), f"{what}: image ids differ"
+    assert set(got.column_names) == set(want.column_names), f"{what}: columns differ"
+    for name in want.column_names:
+        for x, y in zip(got.column(name).to_pylist(), want.column(name).to_pylist()):
+            where = f"{what}.{name}"
+            if name.endswith("_png"):
+                assert (x is None) == (y is None), where
+                if x is not None:
+                    np.testing.assert_array_equal(decode_png(x), decode_png(y), err_msg=where)
+            elif isinstance(x, str) and isinstance(y, str):
+                assert x.replace(roots[0], "<root>") == y.replace(roots[1], "<root>"), (where, x, y)
+            elif isinstance(x, list):
+                assert np.allclose(np.asarray(x, float), np.asarray(y, float), rtol=1e-6, equal_nan=True), where
+            elif isinstance(x, float) and y is not None:
+                assert np.isclose(x, y, rtol=1e-6, atol=1e-12, equal_nan=True), (where, x, y)
+            else:
+                assert x == y, (where, x, y)
+
+
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
 
@@ -104,4 +130,4 @@ def write_stage_outputs(root: str | Path, *, n_patients: int = 8, size: int = 48
     return ids
 
 
-__all__ = ["read_stage", "write_stage_outputs"]
+__all__ = ["assert_stage_equal", "read_stage", "write_stage_outputs"]

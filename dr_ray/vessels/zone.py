@@ -34,8 +34,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-
 from dr_ray.vessels.biomarkers import Measurement
 from dr_ray.vessels.caliber import (
     DEFAULT_DISC_DIAMETER_UM,
@@ -47,7 +45,7 @@ from dr_ray.vessels.caliber import (
     px_to_um,
     um_per_px_from_disc,
 )
-from dr_ray.vessels.graph import AV_ARTERY, AV_VEIN, VesselGraph
+from dr_ray.vessels.graph import AV_ARTERY, AV_VEIN, VesselGraph, _caliber_distance
 from dr_ray.vessels.optic_disc import OpticDisc
 
 ZONE_KEYS = ("crae_parr_hubbard_um", "crve_parr_hubbard_um", "crae_knudtson_um", "crve_knudtson_um",
@@ -88,23 +86,29 @@ def zone_vessels(graph: VesselGraph, disc: OpticDisc, *, mask: np.ndarray | None
     dd = disc.diameter_px
     r_in, r_out = ZONE_INNER_DD * dd, ZONE_OUTER_DD * dd
     cx, cy = disc.cx, disc.cy
-    dist = None
+    crop = None
     if mask is not None:
         # distance transform only over the zone's bounding box plus a margin wider than any vessel radius
+        # (evaluated at the measured pixels only: :func:`_caliber_distance` equals the transform there)
         h, w = mask.shape
         m = math.ceil(r_out + 0.5 * dd)
         y0, y1 = max(0, int(cy) - m), min(h, int(cy) + m + 1)
         x0, x1 = max(0, int(cx) - m), min(w, int(cx) + m + 1)
-        dist = (ndimage.distance_transform_edt(mask[y0:y1, x0:x1]) if y1 > y0 and x1 > x0 else None, y0, x0)
+        crop = (np.ascontiguousarray(mask[y0:y1, x0:x1]), y0, x0) if y1 > y0 and x1 > x0 else None
 
-    members: dict[int, tuple[float, float, bool]] = {}  # edge -> (width px, mean angle, width reliable)
-    for e in np.flatnonzero(np.isin(graph.av_label, (AV_ARTERY, AV_VEIN))):
-        rc = graph.edge_paths[e]
-        dy, dx = rc[:, 0] - cy, rc[:, 1] - cx
-        rho = np.hypot(dx, dy)
-        inz = (rho >= r_in) & (rho <= r_out)
-        if not inz.any():
-            continue
+    # the A/V segments with path pixels in the ring (all paths at once), then each of those
+    av_edges = np.flatnonzero(np.isin(graph.av_label, (AV_ARTERY, AV_VEIN)))
+    lens = np.array([len(graph.edge_paths[e]) for e in av_edges], np.int64)
+    rc_all = (np.concatenate([graph.edge_paths[e] for e in av_edges]) if len(av_edges)
+              else np.zeros((0, 2), np.int32))
+    dy_all, dx_all = rc_all[:, 0] - cy, rc_all[:, 1] - cx
+    rho_all = np.hypot(dx_all, dy_all)
+    inz_all = (rho_all >= r_in) & (rho_all <= r_out)
+    starts = np.cumsum(lens) - lens
+    hit = np.logical_or.reduceat(inz_all, starts) if len(av_edges) else np.zeros(0, bool)
+    measured = []  # (edge, its in-zone pixels, the pixels measured, width reliable)
+    for e, a, b in zip(av_edges[hit], starts[hit], (starts + lens)[hit]):
+        rc, inz = rc_all[a:b], inz_all[a:b]
         # The distance transform swells where vessels meet: drop path pixels within one vessel width of a
         # junction node; a segment left without 3 such pixels keeps all of them but is "unreliable".
         reach = max(2.0, float(graph.caliber_mean_px[e]))
@@ -113,17 +117,27 @@ def zone_vessels(graph: VesselGraph, disc: OpticDisc, *, mask: np.ndarray | None
             if graph.node_degree[int(n)] >= 3:
                 clear &= np.hypot(rc[:, 0] - end[0], rc[:, 1] - end[1]) > reach
         reliable = int(np.count_nonzero(inz & clear)) >= 3
-        sel = inz & clear if reliable else inz
-        if dist is not None and dist[0] is not None:
-            d, oy, ox = dist
-            rr, cc = rc[sel, 0] - oy, rc[sel, 1] - ox
-            ok = (rr >= 0) & (rr < d.shape[0]) & (cc >= 0) & (cc < d.shape[1])
-            width = float(np.mean(2.0 * d[rr[ok], cc[ok]] - 1.0)) if ok.any() else float(graph.caliber_mean_px[e])
+        measured.append((int(e), slice(a, b), inz, inz & clear if reliable else inz, reliable))
+    if crop is not None and measured:
+        d, oy, ox = crop
+        sel_rc = np.concatenate([rc_all[sl][sel] for _, sl, _, sel, _ in measured]) - (oy, ox)
+        ok_all = (sel_rc[:, 0] >= 0) & (sel_rc[:, 0] < d.shape[0]) & (sel_rc[:, 1] >= 0) & (sel_rc[:, 1] < d.shape[1])
+        d_all = np.zeros(len(sel_rc))
+        d_all[ok_all] = _caliber_distance(d, sel_rc[ok_all, 0], sel_rc[ok_all, 1])
+        ends = np.cumsum([np.count_nonzero(sel) for _, _, _, sel, _ in measured])
+
+    members: dict[int, tuple[float, float, bool]] = {}  # edge -> (width px, mean angle, width reliable)
+    for k, (e, sl, inz, sel, reliable) in enumerate(measured):
+        if crop is not None:
+            a = ends[k - 1] if k else 0
+            ok = ok_all[a:ends[k]]
+            width = float(np.mean(2.0 * d_all[a:ends[k]][ok] - 1.0)) if ok.any() else float(graph.caliber_mean_px[e])
         else:
             width = float(graph.caliber_mean_px[e])
+        dy, dx = dy_all[sl], dx_all[sl]
         ang = math.degrees(math.atan2(float(np.mean(np.sin(np.arctan2(dy[inz], dx[inz])))),
                                       float(np.mean(np.cos(np.arctan2(dy[inz], dx[inz]))))))
-        members[int(e)] = (width, ang, reliable)
+        members[e] = (width, ang, reliable)
 
     # union-find: same label, sharing a node in the ring (widened by one vessel width)
     parent = {e: e for e in members}

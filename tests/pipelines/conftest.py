@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -32,3 +34,35 @@ def preprocessed(ray_cluster, tmp_path_factory) -> Path:
                          pa.array([b"\x89PNG\r\n\x1a\n but the rest is gone"], pa.binary()))
     pq.write_table(bad, ok_dir / "zz_damaged.parquet")
     return root / "preprocess"
+
+
+@pytest.fixture(scope="session")
+def label_models(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny vessel U-Net and a tiny 4-lesion sigmoid U-Net, fixed random weights, pretrained=False (the
+    ``dr-ray label`` tests)."""
+    import torch
+
+    from dr_ray.models import create_model, save_model_dir
+
+    root = tmp_path_factory.mktemp("label_models")
+    torch.manual_seed(0)
+    v = create_model("vessel_unet", encoder="mobilenetv3_small_100", decoder_channels=(16, 16, 16, 16, 16))
+    torch.manual_seed(1)
+    les = create_model("unet", encoder="mobilenetv3_small_100", classes=4, decoder_channels=(16, 16, 16, 16, 16))
+    les.spec = dataclasses.replace(les.spec, output="sigmoid")
+    return (save_model_dir(v.eval(), root / "vessel", config={}, train_data_hash=None),
+            save_model_dir(les.eval(), root / "lesion", config={}, train_data_hash=None))
+
+
+@pytest.fixture(scope="session")
+def label_threshold(label_models) -> float:
+    """Random weights give vessel probabilities in a narrow band: threshold inside it (85th percentile on a
+    synthetic fundus), so the graphs and biomarkers are not empty and their equality means something."""
+    from dr_ray.models import load_model_dir
+    from dr_ray.testing import make_fundus
+    from dr_ray.training import predict_image
+
+    model, _ = load_model_dir(label_models[0])
+    image = make_fundus(0, 128, 128).image
+    prob = predict_image(model, image, mean=model.spec.mean, std=model.spec.std)
+    return round(float(np.percentile(prob, 85)), 4)

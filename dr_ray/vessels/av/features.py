@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from dr_ray.vessels.graph import VesselGraph
+from dr_ray.vessels.graph import VesselGraph, _caliber_distance
 
 _BASE_FEATURES = (
     "r_bg", "g_bg", "b_bg",  # mean colour in the vessel / local background colour
@@ -56,7 +56,7 @@ def segment_features(graph: VesselGraph, image: np.ndarray, mask: np.ndarray) ->
         return np.zeros((0, n_f), np.float32)
     h, w = mask.shape
     img = image.astype(np.float32)
-    lit = img.sum(axis=2) > 30.0  # the black camera surround is not background
+    lit = img[..., 0] + img[..., 1] + img[..., 2] > 30.0  # the black camera surround is not background
     cal = graph.caliber_mean_px
     lens = np.maximum(graph.arc_length_px, 1e-6)
     order = np.argsort(cal)
@@ -64,34 +64,41 @@ def segment_features(graph: VesselGraph, image: np.ndarray, mask: np.ndarray) ->
     med_cal = float(cal[order][np.searchsorted(cum, 0.5 * cum[-1])])  # length-weighted median calibre
     med_cal = max(med_cal, 1.0)
 
-    # local background colour: Gaussian-weighted mean of lit non-vessel pixels
+    # local background colour: Gaussian-weighted mean of lit non-vessel pixels (evaluated where it is read)
     sigma = max(3.0, 2.5 * med_cal)
     wbg = (lit & ~mask).astype(np.float32)
     den = cv2.GaussianBlur(wbg, (0, 0), sigma)
-    bg = np.empty_like(img)
-    for c in range(3):
-        bg[..., c] = cv2.GaussianBlur(img[..., c] * wbg, (0, 0), sigma) / np.maximum(den, 1e-6)
-    fallback = img[(lit & ~mask)].mean(axis=0) if (lit & ~mask).any() else np.full(3, 128.0, np.float32)
-    bg = np.where((den > 1e-3)[..., None], bg, fallback[None, None, :])
-    bg = np.maximum(bg, 1.0)
+    num = [cv2.GaussianBlur(img[..., c] * wbg, (0, 0), sigma) for c in range(3)]
 
-    # vessel pixel -> nearest skeleton pixel -> its edge; radial position inside the vessel
-    edge_id = np.full((h, w), -1, np.int32)
-    for e, p in enumerate(graph.edge_paths):
-        edge_id[p[:, 0], p[:, 1]] = e
+    def bg_at(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        dd = den[r, c]
+        bg = np.stack([n[r, c] for n in num], axis=1) / np.maximum(dd, 1e-6)[:, None]
+        if np.any(dd <= 1e-3):  # no background nearby: the image's mean background colour
+            fallback = img[(lit & ~mask)].mean(axis=0) if (lit & ~mask).any() else np.full(3, 128.0, np.float32)
+            bg = np.where((dd > 1e-3)[:, None], bg, fallback[None, :])
+        return np.maximum(bg, 1.0)
+
+    # vessel pixel -> nearest skeleton pixel -> its edge (a pixel shared by paths: the last); radial position
+    edge_id = np.full(h * w, -1, np.int32)
+    np.maximum.at(edge_id, np.concatenate([p[:, 0] * w + p[:, 1] for p in graph.edge_paths]),
+                  np.repeat(np.arange(n_e, dtype=np.int32), [len(p) for p in graph.edge_paths]))
+    edge_id = edge_id.reshape(h, w)
     on_path = edge_id >= 0
-    d_skel, (ir, ic) = ndimage.distance_transform_edt(~on_path, return_indices=True)
+    pr, pc = np.nonzero(on_path)
     vr, vc = np.nonzero(mask & lit)
-    eid = edge_id[ir[vr, vc], ic[vr, vc]]
-    d_bg = ndimage.distance_transform_edt(mask)
-    half = d_bg[ir[vr, vc], ic[vr, vc]] - 1.0  # ~ (width - 1) / 2 at the nearest centreline pixel
-    t = d_skel[vr, vc] / np.maximum(half, 1e-6)  # 0 centre .. ~1 rim
+    d_skel, ir, ic = _nearest_pixel(on_path, vr, vc)
+    eid = edge_id[ir, ic]
+    at_path = np.full(h * w, -1, np.int64)
+    at_path[pr * w + pc] = np.arange(len(pr))
+    d_bg = _caliber_distance(np.ascontiguousarray(mask), pr, pc)  # = distance_transform_edt(mask)[pr, pc]
+    half = d_bg[at_path[ir * w + ic]] - 1.0  # ~ (width - 1) / 2 at the nearest centreline pixel
+    t = d_skel / np.maximum(half, 1e-6)  # 0 centre .. ~1 rim
     thick = half >= 1.0  # width >= 3 px: centre and rim are distinct pixels
     centre = thick & (t <= 1.0 / 3.0)
     rim = thick & (t >= 2.0 / 3.0)
 
     pix = img[vr, vc]  # (P, 3)
-    rel = pix / bg[vr, vc]
+    rel = pix / bg_at(vr, vc)
 
     def seg_mean(values: np.ndarray, sel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         ids = eid if sel is None else eid[sel]
@@ -106,9 +113,8 @@ def segment_features(graph: VesselGraph, image: np.ndarray, mask: np.ndarray) ->
     for c, name in enumerate(("r", "g", "b")):
         feats[:, col[f"{name}_bg"]], _ = seg_mean(rel[:, c])
     # along the skeleton path only
-    pr, pc = np.nonzero(on_path)
     pe = edge_id[pr, pc]
-    prel = img[pr, pc] / bg[pr, pc]
+    prel = img[pr, pc] / bg_at(pr, pc)
     cnt = np.bincount(pe, minlength=n_e).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         feats[:, col["r_centre_bg"]] = np.bincount(pe, weights=prel[:, 0], minlength=n_e) / cnt
@@ -148,3 +154,34 @@ def _width_residual(v: np.ndarray, log_w: np.ndarray, weights: np.ndarray) -> np
     sw = np.sqrt(weights)
     coef, *_ = np.linalg.lstsq(a * sw[:, None], v * sw, rcond=None)
     return v - a @ coef
+
+
+def _nearest_pixel(feat: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Distance (px) from each pixel (rows, cols) to the nearest True pixel of ``feat`` and that pixel's row and
+    column: ``ndimage.distance_transform_edt(~feat, return_indices=True)`` at those pixels, ties broken as it
+    breaks them (smallest column, then smallest row), but computed only there. Separable: scipy's first pass
+    (nearest in the same column, ties to the smaller row) over the image, then the columns within the
+    city-block distance (>= the Euclidean one) of each pixel are searched."""
+    h, w = feat.shape
+    ub = cv2.distanceTransform((~feat).view(np.uint8), cv2.DIST_L1, 3)[rows, cols].astype(np.int64)
+    nk = 2 * ub + 1
+    if not feat.any() or h + w > 10_000 or int(nk.sum()) > 20_000_000:
+        d, (ir, ic) = ndimage.distance_transform_edt(~feat, return_indices=True)
+        return d[rows, cols], ir[rows, cols], ic[rows, cols]
+    far = h + w + 1
+    r_idx = np.arange(h, dtype=np.int16)[:, None]
+    up = np.maximum.accumulate(np.where(feat, r_idx, np.int16(-far)), axis=0)
+    down = np.minimum.accumulate(np.where(feat[::-1], r_idx[::-1], np.int16(2 * far)), axis=0)[::-1]
+    sel = np.where(r_idx - up <= down - r_idx, up, down)  # nearest row in the column (far: none)
+    g_col = np.minimum(np.abs(sel - r_idx), far).astype(np.int64).ravel()
+    starts = np.cumsum(nk) - nk
+    q = np.repeat(np.arange(len(rows)), nk)
+    k = np.arange(len(q)) - np.repeat(starts + ub, nk)  # column offset, -ub..ub
+    cc = cols[q] + k
+    inside = (cc >= 0) & (cc < w)
+    cc = np.clip(cc, 0, w - 1)
+    g = g_col[rows[q] * w + cc]
+    key = np.where(inside, (k * k + g * g) * w + cc, np.iinfo(np.int64).max)
+    bc = np.minimum.reduceat(key, starts) % w  # the smallest distance, then the smallest column
+    br = sel[rows, bc].astype(np.int64)
+    return np.sqrt(((br - rows) ** 2 + (bc - cols) ** 2).astype(np.float64)), br, bc

@@ -34,21 +34,22 @@ def av_links(graph: VesselGraph, *, crossing_factor: float = 2.5) -> np.ndarray:
     if crossing_factor < 0:
         raise ValueError(f"crossing_factor must be >= 0, got {crossing_factor}")
     n_nodes = graph.n_nodes
+    edges = graph.edges.tolist()  # Python ints: the loops below touch every edge and node
     inc: list[list[int]] = [[] for _ in range(n_nodes)]
-    for e, (u, v) in enumerate(graph.edges):
+    for e, (u, v) in enumerate(edges):
         if u != v:
-            inc[int(u)].append(e)
-            inc[int(v)].append(e)
+            inc[u].append(e)
+            inc[v].append(e)
     cal = graph.caliber_mean_px
+    arc_l = graph.arc_length_px.tolist()
     links: list[tuple[int, int]] = []
-    in_crossing = np.zeros(n_nodes, bool)
+    in_crossing = [False] * n_nodes
     crossings: list[tuple[list[int], list[int]]] = []  # (nodes, four outer edges)
-    for e, (u, v) in enumerate(graph.edges):
-        u, v = int(u), int(v)
+    for e, (u, v) in enumerate(edges):
         if u == v or len(inc[u]) != 3 or len(inc[v]) != 3 or in_crossing[u] or in_crossing[v]:
             continue
         outer = [f for f in inc[u] + inc[v] if f != e]
-        if len(outer) == 4 and graph.arc_length_px[e] <= crossing_factor * float(np.max(cal[outer])) + 2.0:
+        if len(outer) == 4 and arc_l[e] <= crossing_factor * float(np.max(cal[outer])) + 2.0:
             crossings.append(([u, v], outer))
             in_crossing[u] = in_crossing[v] = True
     for n in range(n_nodes):
@@ -62,8 +63,8 @@ def av_links(graph: VesselGraph, *, crossing_factor: float = 2.5) -> np.ndarray:
     for nodes, outer in crossings:
         dirs = []
         for f in outer:
-            node = next(m for m in nodes if m in (int(graph.edges[f, 0]), int(graph.edges[f, 1])))
-            dirs.append(_out_direction(graph.edge_paths[f], int(graph.edges[f, 0]) == node, max(4.0, 2.0 * cal[f])))
+            node = next(m for m in nodes if m in edges[f])
+            dirs.append(_out_direction(graph.edge_paths[f], edges[f][0] == node, max(4.0, 2.0 * cal[f])))
         if any(d is None for d in dirs):
             continue
         # straight continuation: outgoing directions opposite, i.e. the most negative dot products
