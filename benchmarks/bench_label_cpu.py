@@ -90,8 +90,11 @@ def catalog_rows(files: list[Path]) -> list[dict]:
     return rows
 
 
-def measure_steps(rows: list[dict], cfg, models: tuple[Path, Path], repeat: int) -> tuple[dict, dict, int]:
-    """Per-step CPU seconds for the separate stages and for the fused path; returns (separate, label, images)."""
+def measure_steps(rows: list[dict], cfg, models: tuple[Path, Path], repeat: int, *,
+                  trained_vessels: bool = False) -> tuple[dict, dict, int]:
+    """Per-step CPU seconds for the separate stages and for the fused path; returns (separate, label, images).
+    ``trained_vessels``: the graph step gets the vessel model's own probabilities (models[0] is a trained model)
+    instead of the top-hat stand-in."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -121,13 +124,16 @@ def measure_steps(rows: list[dict], cfg, models: tuple[Path, Path], repeat: int)
             img = res.image
             size = img.shape[0]
             # the vessel map the graph step gets (see the module docstring)
-            th = vessel_tophat(img, radius=p.tophat_radius).astype(np.float32)
-            inside = th[circle_mask(size, margin=p.fov_margin)]
-            # scaled so that the top VESSEL_FRACTION of FOV pixels pass the 0.5 threshold (a vessel density
-            # like a real fundus)
-            # (127 / v: a pixel at exactly the percentile v stays below the 0.5 threshold, ties do not pass)
-            scale = 127.0 / max(1.0, float(np.percentile(inside, 100 * (1 - VESSEL_FRACTION))))
-            prob = np.clip(th * scale, 0, 255).astype(np.uint8)
+            if trained_vessels:  # the trained model's own output, as `dr-ray label` hands it on (not timed)
+                prob = seg.probabilities(seg.prepare_inputs([img], [size], [row[C.IMAGE_ID]])[0], [size])[0]
+            else:
+                th = vessel_tophat(img, radius=p.tophat_radius).astype(np.float32)
+                inside = th[circle_mask(size, margin=p.fov_margin)]
+                # scaled so that the top VESSEL_FRACTION of FOV pixels pass the 0.5 threshold (a vessel density
+                # like a real fundus)
+                # (127 / v: a pixel at exactly the percentile v stays below the 0.5 threshold, ties do not pass)
+                scale = 127.0 / max(1.0, float(np.percentile(inside, 100 * (1 - VESSEL_FRACTION))))
+                prob = np.clip(th * scale, 0, 255).astype(np.uint8)
             # --- separate stages: each model stage decodes image_png again
             im_v = sep.run("re-decode image PNG", decode_png, png)
             inp_v, _, _ = sep.run("model inputs (vessel)", seg.prepare_inputs, [im_v], [size], [row[C.IMAGE_ID]])
@@ -215,6 +221,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="passes over the 6 images")
     ap.add_argument("--out", default="", help="write the table as Markdown here")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray overhead run")
+    ap.add_argument("--ray-repeat", type=int, default=50,
+                    help="passes over the images in the Ray overhead run (enough rows that start-up is amortised)")
+    ap.add_argument("--vessel-model", default="",
+                    help="a trained vessel model folder: the graph step gets its probabilities (else the top-hat "
+                         "stand-in); e.g. the DRIVE model of bench_eyepacs_cv.py")
     args = ap.parse_args(argv)
 
     import cv2
@@ -235,13 +246,17 @@ def main(argv=None) -> int:
     t_wall = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         models = tiny_models(Path(tmp))
-        measure_steps(rows[:1], cfg, models, 1)  # warm-up (lazy imports, A/V classifier load): not counted
-        sep, fused, n = measure_steps(rows, cfg, models, args.repeat)
+        trained = bool(args.vessel_model)
+        if trained:
+            models = (Path(args.vessel_model), models[1])
+        # warm-up (lazy imports, A/V classifier load): not counted
+        measure_steps(rows[:1], cfg, models, 1, trained_vessels=trained)
+        sep, fused, n = measure_steps(rows, cfg, models, args.repeat, trained_vessels=trained)
     density = sep.pop("vessel density (mean, not a time)")
     ray_cpu, ray_n, ray_error = 0.0, 0, "not measured (--no-ray)"
     if not args.no_ray:
         try:
-            ray_cpu, ray_n = ray_overhead(rows, cfg, args.repeat)
+            ray_cpu, ray_n = ray_overhead(rows, cfg, args.ray_repeat)
         except Exception as e:  # noqa: BLE001 - a Ray start-up failure must not lose the step table; it is reported
             ray_error = f"not measured: the Ray run failed ({type(e).__name__}: {str(e)[:200]})"
     pre_steps = ("read", "decode", "fov/crop/clahe", "encode image PNG", "parquet write")
@@ -270,8 +285,7 @@ def main(argv=None) -> int:
         lines.append(f"| ({k}: not in the budget) | {ms(sep, k):.1f} | {ms(fused, k):.1f} |")
     verdict = ("meets" if budget_fused <= TARGET_MS else "does NOT meet")
     head = [
-        f"command: `.venv/bin/python benchmarks/bench_label_cpu.py --repeat {args.repeat}"
-        f"{' --out ' + args.out if args.out else ''}`",
+        f"command: `.venv/bin/python benchmarks/bench_label_cpu.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
         f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; {pinned}; "
         f"OpenCV and torch 1 thread",
         f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; data: {len(images)} EyePACS "
@@ -282,7 +296,9 @@ def main(argv=None) -> int:
         if ray_n else f"ray overhead: {ray_error}",
         f"target: `dr-ray label` <= {TARGET_MS:.0f} CPU ms/image outside the model forward: {verdict} it "
         f"({budget_fused:.1f} ms; the separate stages cost {budget_sep:.1f} ms)",
-        f"stand-in vessel map: top-hat response, mean vessel density {density:.3f} of the FOV",
+        (f"vessel map: the trained model {args.vessel_model}'s probabilities, mean vessel density {density:.3f} of "
+         "the FOV" if args.vessel_model else
+         f"stand-in vessel map: top-hat response, mean vessel density {density:.3f} of the FOV"),
         f"wall time of the run: {time.perf_counter() - t_wall:.0f} s",
     ]
     text = "\n".join([*(f"- {h}" for h in head), "", *lines])

@@ -42,8 +42,10 @@ STAGES = ("preprocess", "vessels", "pseudo_labels")
 GROWTH_LIMIT = 0.20
 
 
-def make_inputs(tmp: Path, frames: int, width: int, height: int, size: int) -> dict:
-    """JPEG frames, the two tiny models, and a vessel threshold inside the random model's output band."""
+def make_inputs(tmp: Path, frames: int, width: int, height: int, size: int, *, tiny: bool = True) -> dict:
+    """JPEG frames, the two models (``tiny``: mobilenetv3_small_100 U-Nets; else the defaults, vessel_unet on
+    resnet18 and lesion_unet on resnet34; random weights either way), and a vessel threshold inside the random
+    vessel model's output band (its 85th percentile on a synthetic fundus: ~15% of pixels pass)."""
     import numpy as np
     import torch
 
@@ -58,10 +60,11 @@ def make_inputs(tmp: Path, frames: int, width: int, height: int, size: int) -> d
         p.write_bytes(encode_jpeg(make_fundus(seed=i, width=width, height=height, style="eyepacs").image, 90))
         files.append(p)
     torch.manual_seed(0)
-    v = create_model("vessel_unet", encoder="mobilenetv3_small_100", decoder_channels=(16,) * 5)
+    small = {"encoder": "mobilenetv3_small_100", "decoder_channels": (16,) * 5} if tiny else {}
+    v = create_model("vessel_unet", **small)
     torch.manual_seed(1)
-    les = create_model("unet", encoder="mobilenetv3_small_100", classes=4, decoder_channels=(16,) * 5,
-                       input_size=size)
+    les = (create_model("unet", classes=4, input_size=size, **small) if tiny
+           else create_model("lesion_unet", input_size=size))
     les.spec = dataclasses.replace(les.spec, output="sigmoid")
     vd = save_model_dir(v.eval(), tmp / "vessel_model", config={}, train_data_hash=None)
     ld = save_model_dir(les.eval(), tmp / "lesion_model", config={}, train_data_hash=None)
@@ -82,15 +85,24 @@ def write_catalog_rows(files: list[Path], rows: int, path: Path) -> None:
     write_catalog(pa.Table.from_pylist(recs, schema=C.CATALOG_SCHEMA), str(path))
 
 
-def _pss(pids: set[int]) -> int:
+def _pss(pids: set[int], kinds: dict | None = None) -> int:
+    """Summed PSS of ``pids``; ``kinds`` (if given) gets {process title: [count, PSS]} (Ray titles its workers
+    ``ray::<task or actor>``, idle ones ``ray::IDLE``)."""
     import psutil
 
     total = 0
     for pid in pids:
         try:
-            total += psutil.Process(pid).memory_full_info().pss
+            proc = psutil.Process(pid)
+            pss = proc.memory_full_info().pss
+            if kinds is not None:
+                cmd = proc.cmdline()
+                title = (cmd[0] if cmd and cmd[0].startswith("ray::") else proc.name())[:48]
+                k = kinds.setdefault(title, [0, 0])
+                k[0], k[1] = k[0] + 1, k[1] + pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
+            continue
+        total += pss
     return total
 
 
@@ -140,15 +152,18 @@ def run_size(rows: int, inputs: dict, tmp: Path, a) -> dict:
         env = c.job_env(RAY_DATA_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1")
         t0 = time.perf_counter()
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        peak = {"driver": 0, "cluster": 0, "total": 0}
+        peak = {"driver": 0, "cluster": 0, "total": 0, "cluster_kinds": {}}
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.is_set():
                 driver = _tree(proc.pid)
                 cluster = _tree(me) - driver - {me}
-                d, cl = _pss(driver), _pss(cluster)
-                peak["driver"], peak["cluster"] = max(peak["driver"], d), max(peak["cluster"], cl)
+                kinds: dict = {}
+                d, cl = _pss(driver), _pss(cluster, kinds)
+                peak["driver"] = max(peak["driver"], d)
+                if cl > peak["cluster"]:
+                    peak["cluster"], peak["cluster_kinds"] = cl, kinds
                 peak["total"] = max(peak["total"], d + cl)
                 stop.wait(0.5)
 
@@ -169,7 +184,9 @@ def run_size(rows: int, inputs: dict, tmp: Path, a) -> dict:
     run_s = summaries["preprocess"]["run_seconds"]
     return {"rows": rows, "wall_s": wall, "run_s": run_s, "images_per_s": rows / run_s,
             "images_per_s_wall": rows / wall, "peak_driver_mb": peak["driver"] / 2**20,
-            "peak_cluster_mb": peak["cluster"] / 2**20, "peak_total_mb": peak["total"] / 2**20, **spill}
+            "peak_cluster_mb": peak["cluster"] / 2**20, "peak_total_mb": peak["total"] / 2**20, **spill,
+            "peak_cluster_processes": {k: [n, round(v / 2**20)] for k, (n, v) in
+                                       sorted(peak["cluster_kinds"].items(), key=lambda kv: -kv[1][1])}}
 
 
 def main() -> None:
@@ -183,7 +200,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=128)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--rows-per-file", type=int, default=1000)
+    # 125: both sizes get blocks (and commits) of the same size (blocks_of: <= rows_per_file rows, >= 4 x CPUs
+    # blocks; 2,000 rows / 16 blocks = 125), so the two runs differ in the number of rows only
+    ap.add_argument("--rows-per-file", type=int, default=125)
     ap.add_argument("--node-cpus", type=float, default=2)
     ap.add_argument("--store-mb", type=int, default=300)
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
@@ -213,7 +232,7 @@ def main() -> None:
         f"- data: {a.frames} synthetic {a.width}x{a.height} JPEG frames behind every row; preprocess.size {a.size}; "
         f"tiny random-weight vessel + lesion U-Nets (mobilenetv3_small_100); batch {a.batch}, "
         f"rows_per_file {a.rows_per_file}",
-        f"- the job: `python jobs/label.py` as its own driver process joining the cluster (as `ray job submit`)",
+        "- the job: `python jobs/label.py` as its own driver process joining the cluster (as `ray job submit`)",
         f"- target: peak memory at {a.rows} rows within {GROWTH_LIMIT:.0%} of the peak at {a.small} rows "
         f"(driver and cluster): **{'met' if ok else 'NOT met'}**",
         "",
@@ -225,6 +244,10 @@ def main() -> None:
         lines.append(f"| {r['rows']} | {r['run_s']:.0f} | {r['images_per_s']:.1f} | {r['images_per_s_wall']:.1f} | "
                      f"{r['peak_driver_mb']:.0f} | {r['peak_cluster_mb']:.0f} | {r['peak_total_mb']:.0f} | "
                      f"{r['spilled_mib']} ({r['spilled_objects']}) | {r['restored_mib']} |")
+    for r in results:
+        lines.append("")
+        lines.append(f"Processes of the cluster at its peak, {r['rows']} rows (title: count, PSS MB): "
+                     + "; ".join(f"{k} {n}, {mb}" for k, (n, mb) in r["peak_cluster_processes"].items()))
     lines += ["", f"Growth of the peaks for {a.rows // a.small}x the rows: driver {growth['peak_driver_mb']:+.1%}, "
               f"cluster {growth['peak_cluster_mb']:+.1%}, total {growth['peak_total_mb']:+.1%}. Every stage "
               f"folder holds each image exactly once (summary: written = rows, duplicates 0, reconciles)."]

@@ -7,8 +7,9 @@
 #      (benchmarks/bench_fusion_throughput.py --ray);
 #   3. an 8-trial ASHA campaign with 4 trials sharing the GPU (0.25 GPU per trial worker), killed and resumed
 #      (benchmarks/bench_tune_campaign.py);
-#   4. preprocess job efficiency at 16 cores (benchmarks/bench_preprocess_job.py).
-# `dr-ray label` end to end is not here yet: add its benchmark as step 5 when dr_ray/pipelines/label.py lands.
+#   4. preprocess job efficiency at 16 cores (benchmarks/bench_preprocess_job.py);
+#   5. `dr-ray label` end to end with both models on the GPU at 512 and 1024 px vs the bare forward of the same
+#      two models (benchmarks/bench_label_gpu.py), with the GPU busy fraction.
 #
 # On the GPU machine (torch, timm, torch-geometric, opencv, scikit-image, pyarrow installed; no Ray):
 #   bash ../shared/tools/ray-device-bundle.sh      # here, once: builds .whl/ (Ray without its jars + a few wheels)
@@ -65,6 +66,7 @@ if [[ "$DRY" == 1 ]]; then
   util fusion "$PY" benchmarks/bench_fusion_throughput.py --size 64 --batch 4 --steps 2 --nodes 20 --json "$RES/fusion.json"
   util tune "$PY" benchmarks/bench_tune_campaign.py --trials 2 --concurrent 1 --epochs 1 --kill-after 1 --cpus 2 --timeout 300 --json "$RES/tune.json"
   util preprocess "$PY" benchmarks/bench_preprocess_job.py --rows 8 --small 4 --cpus 2 --json "$RES/preprocess.json"
+  util label_64 "$PY" benchmarks/bench_label_gpu.py --tiny --rows 16 --size 64 --width 384 --height 256 --batch 4 --actor-cpus 1 --cpus 2 --json "$RES/label_64.json"
 else
   for s in 512 1024; do
     rows=$(( s == 512 ? 3000 : 1000 ))
@@ -74,6 +76,8 @@ else
   util fusion "$PY" benchmarks/bench_fusion_throughput.py --size 512 --batch 32 --steps 30 --ray --rows 2048 --json "$RES/fusion.json"
   util tune "$PY" benchmarks/bench_tune_campaign.py --trials 8 --concurrent 4 --epochs 2 --kill-after 3 --gpus-per-worker 0.25 --cpus "$CPUS" --timeout 240 --json "$RES/tune.json"
   util preprocess "$PY" benchmarks/bench_preprocess_job.py --rows 2000 --small 200 --cpus "$CPUS" --json "$RES/preprocess.json"
+  util label_512 "$PY" benchmarks/bench_label_gpu.py --size 512 --rows 2000 --batch 32 --actor-cpus 4 --cpus "$CPUS" --json "$RES/label_512.json"
+  util label_1024 "$PY" benchmarks/bench_label_gpu.py --size 1024 --rows 600 --batch 16 --actor-cpus 4 --cpus "$CPUS" --json "$RES/label_1024.json"
 fi
 
 # one table: every scalar figure of every step's JSON, plus its wall time, exit status and GPU busy fraction

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from dr_ray.config import Config
 from dr_ray.io import columns as C
-from dr_ray.pipelines.label import (
+from dr_ray.pipelines.label_steps import (
     LES,
     PRE,
     STAGES,

@@ -260,8 +260,7 @@ def _smooth_paths(rc: np.ndarray, off: np.ndarray, lens: np.ndarray, sigma: floa
     plen = lens + 2 * radius
     pstart = np.concatenate([[0], np.cumsum(plen)[:-1]])
     for k in range(radius):  # drop the pads
-        keep[pstart + k] = False
-        keep[pstart + plen - 1 - k] = False
+        keep[pstart + k] = keep[pstart + plen - 1 - k] = False
     return sm[keep]
 
 
@@ -448,8 +447,8 @@ def _node_fields(pos: np.ndarray, e_src: np.ndarray, e_dst: np.ndarray, edge: di
     f = {"contrast": np.full(n_nodes, np.nan), "entropy": np.full(n_nodes, np.nan)}
     if image is not None and n_nodes:
         centres = np.round(pos[:, ::-1]).astype(np.int64)  # (row, col); round half to even, as round()
-        f = glcm_patch_features(np.ascontiguousarray(image[..., 1]), centres, patch_px, levels=glcm_levels,
-                                chunk=64)  # 64 patches per batch keep the counters in cache: ~1.4x faster
+        # 64 patches per batch (chunk): the counters stay in the CPU cache, ~1.4x faster than 256, same values
+        f = glcm_patch_features(np.ascontiguousarray(image[..., 1]), centres, patch_px, levels=glcm_levels, chunk=64)
     x = np.column_stack([node_cal, f["contrast"], f["entropy"], node_av, degree, kind]).astype(np.float32)
     return dict(pos=pos.astype(np.float32), node_kind=kind, node_degree=degree, node_av=node_av,
                 x=x.reshape(n_nodes, len(NODE_FEATURES)),

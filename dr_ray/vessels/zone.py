@@ -106,7 +106,7 @@ def zone_vessels(graph: VesselGraph, disc: OpticDisc, *, mask: np.ndarray | None
     inz_all = (rho_all >= r_in) & (rho_all <= r_out)
     starts = np.cumsum(lens) - lens
     hit = np.logical_or.reduceat(inz_all, starts) if len(av_edges) else np.zeros(0, bool)
-    measured = []  # (edge, its in-zone pixels, the pixels measured, width reliable)
+    measured = []  # (edge, its slice of the paths laid end to end, in-zone pixels, pixels measured, reliable)
     for e, a, b in zip(av_edges[hit], starts[hit], (starts + lens)[hit]):
         rc, inz = rc_all[a:b], inz_all[a:b]
         # The distance transform swells where vessels meet: drop path pixels within one vessel width of a
@@ -120,7 +120,7 @@ def zone_vessels(graph: VesselGraph, disc: OpticDisc, *, mask: np.ndarray | None
         measured.append((int(e), slice(a, b), inz, inz & clear if reliable else inz, reliable))
     if crop is not None and measured:
         d, oy, ox = crop
-        sel_rc = np.concatenate([rc_all[sl][sel] for _, sl, _, sel, _ in measured]) - (oy, ox)
+        sel_rc = np.concatenate([rc_all[sl][sel] for _, sl, _, sel, _ in measured]).astype(np.int64) - (oy, ox)
         ok_all = (sel_rc[:, 0] >= 0) & (sel_rc[:, 0] < d.shape[0]) & (sel_rc[:, 1] >= 0) & (sel_rc[:, 1] < d.shape[1])
         d_all = np.zeros(len(sel_rc))
         d_all[ok_all] = _caliber_distance(d, sel_rc[ok_all, 0], sel_rc[ok_all, 1])

@@ -30,12 +30,12 @@ def fundus():
 # --- disk sums (optic disc) ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (97, 130), (256, 241)])
+@pytest.mark.parametrize("shape", [(64, 64), (97, 130), (256, 241), (8, 300)])
 def test_disk_sums_equal_filter2d(shape):
     rng = np.random.default_rng(0)
     a = rng.random(shape).astype(np.float32)
     b = (rng.random(shape) < 0.7).astype(np.float32)
-    radii = [0.8, 1.0, 2.5, 7.3, min(shape) / 3.0]
+    radii = [0.8, 1.0, 2.5, 7.3, min(shape) / 3.0, max(shape) / 10.0]  # (8, 300): a disk taller than the image
     conv = disk_sums([a, b], max(radii))
     for r in radii:
         k = disk(r)
@@ -115,7 +115,9 @@ def test_disc_region_on_the_window_equals_the_whole_frame():
             if rng.random() < 0.5:
                 rel[np.abs(yy - by) < 1.5] *= 0.7  # a dark gap through the blob
         rel += rng.normal(0, 0.02, rel.shape).astype(np.float32)
-        fov = (yy - hh / 2) ** 2 + (xx - ww / 2) ** 2 < (min(hh, ww) / 2) ** 2 if rng.random() < 0.5 else np.ones_like(rel, bool)
+        fov = (yy - hh / 2) ** 2 + (xx - ww / 2) ** 2 < (min(hh, ww) / 2) ** 2
+        if rng.random() < 0.5:
+            fov[:] = True
         for _ in range(15):
             y, x = int(rng.integers(0, hh)), int(rng.integers(0, ww))
             r = float(rng.uniform(2, 20))
