@@ -53,7 +53,7 @@ def main() -> int:
 
     from dr_ray.models import load_model_dir
     from dr_ray.training import predict_image
-    from dr_ray.training.data import vessel_input
+    from dr_ray.imaging.enhance import vessel_input
     from dr_ray.vessels.analysis import analyse_vessels
     from dr_ray.vessels.av import load_default_av_classifier
     from dr_ray.vessels.fractal import box_counting_fd

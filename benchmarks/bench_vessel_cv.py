@@ -89,7 +89,7 @@ def predict_at_scale(model: torch.nn.Module, im: VesselImage, *, scale: float, i
 
     ``im.image`` is the raw RGB frame (input_mode "rgb" when loaded); the model input is made at the model scale.
     """
-    from dr_ray.training.data import vessel_input
+    from dr_ray.imaging.enhance import vessel_input
 
     h, w = im.mask.shape
     img = im.image

@@ -103,6 +103,20 @@ def test_light_modules_stay_light(module):
     assert out == "", f"{module} imports {out}"
 
 
+def test_cpu_task_modules_do_not_import_torch():
+    """The modules ``dr-ray label``'s and the stages' CPU tasks import (decode + preprocess, graphs and biomarkers,
+    commits) must not pull in torch: each task worker process would hold it (measured: ~530 MB PSS per graph
+    worker with torch, bench_label_scale.py; a 16-core node runs 16 of them). Only the model actors need it."""
+    import subprocess
+    import sys
+
+    mods = "dr_ray.pipelines.label_steps, dr_ray.pipelines.preprocess, dr_ray.pipelines.vessels, dr_ray.pipelines.commit"
+    code = (f"import sys, {mods}; from dr_ray.pipelines.vessels import analyse_record, encode_vessel_prob; "
+            "print(','.join(m for m in ('torch', 'timm', 'torch_geometric') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"a CPU task module imports {out}"
+
+
 @pytest.mark.parametrize("package,catalog", [("dr_ray.io", True), ("dr_ray.training", False)])
 def test_lazy_re_exports_are_declared_for_type_checkers(package, catalog):
     """The PEP 562 packages list the same names under ``if TYPE_CHECKING:`` as they serve lazily (py.typed ships)."""

@@ -169,7 +169,7 @@ class OutputConfig:
 VESSEL_DATASETS = ("drive", "hrf_av", "les_av", "chase_db1", "stare")  # catalog readers with vessel (or A/V) masks
 VESSEL_MODELS = ("vessel_unet",)
 GLCM_HOMOGENEITY = ("paper", "skimage")  # = dr_ray.vessels.HOMOGENEITY_VARIANTS (config does not import vessels)
-VESSEL_INPUT_MODES = ("rgb", "green_clahe")  # = dr_ray.training.data.INPUT_MODES (config does not import training)
+VESSEL_INPUT_MODES = ("rgb", "green_clahe")  # = dr_ray.imaging.enhance.INPUT_MODES (config imports no image code)
 
 
 @dataclass(frozen=True)

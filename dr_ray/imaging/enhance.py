@@ -18,7 +18,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["clahe", "graham_normalise", "canny_edges", "vessel_tophat"]
+__all__ = ["INPUT_MODES", "clahe", "graham_normalise", "canny_edges", "vessel_input", "vessel_tophat"]
 
 
 def _check_rgb(image: np.ndarray) -> None:
@@ -142,3 +142,26 @@ def vessel_tophat(image: np.ndarray, *, radius: int = 7) -> np.ndarray:
         raise ValueError(f"radius: must be a positive integer, got {radius!r}")
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * int(radius) + 1, 2 * int(radius) + 1))
     return cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, disk, borderType=cv2.BORDER_REPLICATE)
+
+
+# Model input made from the decoded RGB frame (see :func:`vessel_input`); recorded in a vessel model's config.
+INPUT_MODES = ("rgb", "green_clahe")
+
+
+def vessel_input(image: np.ndarray, mode: str = "rgb", *, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
+    """The model's input image: (H, W, 3) uint8 RGB -> (H, W, 3) uint8.
+
+    ``"rgb"``: unchanged. ``"green_clahe"``: CLAHE of the green channel (``clip_limit``, ``tile_grid`` tiles per
+    side), copied into all three channels: the classic DRIVE input (vessel contrast is highest in green; CLAHE
+    evens out illumination and contrast between images and cameras; Jiang et al. / orobix retina-unet use
+    grey + CLAHE). Apply it at the trained scale, before the model's mean/std normalisation.
+    """
+    if mode not in INPUT_MODES:
+        raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {desc}")
+    if mode == "rgb":
+        return image
+    g = clahe(image, clip_limit=clip_limit, tile_grid=tile_grid, channel="green")[..., 1]
+    return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from dr_ray.config import Config, VesselsConfig, config_hash, to_dict
 from dr_ray.imaging import ImageDecodeError, decode_png, encode_png
+from dr_ray.imaging.enhance import INPUT_MODES, vessel_input
 from dr_ray.imaging.fov import circle_mask
 from dr_ray.io import columns as C
 from dr_ray.faults import maybe_inject
@@ -33,7 +34,6 @@ from dr_ray.pipelines.inference import (
     run_model_stage,
 )
 from dr_ray.pipelines.runtime import StageSummary, stage_dir
-from dr_ray.training.data import INPUT_MODES, vessel_input
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class VesselSegmenter(ModelActor):
         if meta["spec"]["out_channels"] != 1:
             raise ValueError(f"{model_dir}: expected a binary vessel model (1 output channel), got "
                              f"{meta['spec']['out_channels']}")
-        # the input transform the model was trained with (dr_ray.training.data.vessel_input), from its metadata
+        # the input transform the model was trained with (dr_ray.imaging.enhance.vessel_input), from its metadata
         self.input_mode = str(((meta.get("config") or {}).get("train_vessels") or {}).get("input_mode", "rgb"))
         if self.input_mode not in INPUT_MODES:
             raise ValueError(f"{model_dir}: metadata names input_mode {self.input_mode!r}; known: {INPUT_MODES}")

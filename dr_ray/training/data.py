@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dr_ray.imaging.enhance import INPUT_MODES, vessel_input  # noqa: F401 - the model input, a pure image function
 from dr_ray.io import fs
 
 log = logging.getLogger(__name__)
 
-# Model input made from the decoded RGB frame (see :func:`vessel_input`); recorded in the saved config.
-INPUT_MODES = ("rgb", "green_clahe")
 
 
 @dataclass(frozen=True)
@@ -63,27 +62,6 @@ def _binary(mask: np.ndarray, name: str, path: str) -> np.ndarray:
     if mask.ndim != 2:
         raise ValueError(f"{name} {path}: expected a single-channel mask, got shape {mask.shape}")
     return mask > (mask.max() / 2 if mask.max() > 1 else 0)
-
-
-def vessel_input(image: np.ndarray, mode: str = "rgb", *, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
-    """The model's input image: (H, W, 3) uint8 RGB -> (H, W, 3) uint8.
-
-    ``"rgb"``: unchanged. ``"green_clahe"``: CLAHE of the green channel (``clip_limit``, ``tile_grid`` tiles per
-    side), copied into all three channels: the classic DRIVE input (vessel contrast is highest in green; CLAHE
-    evens out illumination and contrast between images and cameras; Jiang et al. / orobix retina-unet use
-    grey + CLAHE). Apply it at the trained scale, before the model's mean/std normalisation.
-    """
-    if mode not in INPUT_MODES:
-        raise ValueError(f"mode must be one of {INPUT_MODES}, got {mode!r}")
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        desc = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {desc}")
-    if mode == "rgb":
-        return image
-    from dr_ray.imaging.enhance import clahe
-
-    g = clahe(image, clip_limit=clip_limit, tile_grid=tile_grid, channel="green")[..., 1]
-    return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
 
 
 def load_vessel_image(rec: VesselRecord, *, scale: float = 1.0, input_mode: str = "rgb") -> VesselImage:

@@ -302,7 +302,7 @@ def _segment_median(values: np.ndarray, seg: np.ndarray, off: np.ndarray, lens: 
     return (v[lo] + v[hi]) / 2.0  # same value twice for odd lengths
 
 
-def _caliber_distance(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def mask_distance_at(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Euclidean distance (px) from the given mask pixels to the nearest background pixel centre.
 
     Equals ``scipy.ndimage.distance_transform_edt(mask)[rows, cols]`` exactly (tests check it), but is
@@ -410,7 +410,7 @@ def _edge_fields(pg: PathGraph, kept: np.ndarray, blen: np.ndarray, btype: np.nd
     seg, within = _segments(lens)
     rc = pg.node_coordinates[ix[ip[kept][seg] + within]].astype(np.int64)
     n_edges, chord = len(kept), chord[kept]
-    cal = 2.0 * _caliber_distance(mask, rc[:, 0], rc[:, 1]) - 1.0
+    cal = 2.0 * mask_distance_at(mask, rc[:, 0], rc[:, 1]) - 1.0
     arc, curv = _edge_geometry(rc, off, lens)
     lab = av_map[rc[:, 0], rc[:, 1]] if av_map is not None else np.zeros(len(rc), np.int8)
     a, v = (np.bincount(seg, lab == k, n_edges) for k in (AV_ARTERY, AV_VEIN))

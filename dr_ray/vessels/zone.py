@@ -45,7 +45,7 @@ from dr_ray.vessels.caliber import (
     px_to_um,
     um_per_px_from_disc,
 )
-from dr_ray.vessels.graph import AV_ARTERY, AV_VEIN, VesselGraph, _caliber_distance
+from dr_ray.vessels.graph import AV_ARTERY, AV_VEIN, VesselGraph, mask_distance_at
 from dr_ray.vessels.optic_disc import OpticDisc
 
 ZONE_KEYS = ("crae_parr_hubbard_um", "crve_parr_hubbard_um", "crae_knudtson_um", "crve_knudtson_um",
@@ -89,7 +89,7 @@ def zone_vessels(graph: VesselGraph, disc: OpticDisc, *, mask: np.ndarray | None
     crop = None
     if mask is not None:
         # distance transform only over the zone's bounding box plus a margin wider than any vessel radius
-        # (evaluated at the measured pixels only: :func:`_caliber_distance` equals the transform there)
+        # (evaluated at the measured pixels only: :func:`mask_distance_at` equals the transform there)
         h, w = mask.shape
         m = math.ceil(r_out + 0.5 * dd)
         y0, y1 = max(0, int(cy) - m), min(h, int(cy) + m + 1)
@@ -123,7 +123,7 @@ def zone_vessels(graph: VesselGraph, disc: OpticDisc, *, mask: np.ndarray | None
         sel_rc = np.concatenate([rc_all[sl][sel] for _, sl, _, sel, _ in measured]).astype(np.int64) - (oy, ox)
         ok_all = (sel_rc[:, 0] >= 0) & (sel_rc[:, 0] < d.shape[0]) & (sel_rc[:, 1] >= 0) & (sel_rc[:, 1] < d.shape[1])
         d_all = np.zeros(len(sel_rc))
-        d_all[ok_all] = _caliber_distance(d, sel_rc[ok_all, 0], sel_rc[ok_all, 1])
+        d_all[ok_all] = mask_distance_at(d, sel_rc[ok_all, 0], sel_rc[ok_all, 1])
         ends = np.cumsum([np.count_nonzero(sel) for _, _, _, sel, _ in measured])
 
     members: dict[int, tuple[float, float, bool]] = {}  # edge -> (width px, mean angle, width reliable)

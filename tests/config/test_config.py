@@ -113,6 +113,6 @@ def test_dump_roundtrip_and_hash(tmp_path):
 
 def test_vessel_input_modes_match_the_training_code():
     from dr_ray.config.schema import VESSEL_INPUT_MODES
-    from dr_ray.training.data import INPUT_MODES
+    from dr_ray.imaging.enhance import INPUT_MODES
 
     assert VESSEL_INPUT_MODES == INPUT_MODES

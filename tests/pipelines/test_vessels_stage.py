@@ -128,7 +128,7 @@ def test_model_input_mode_and_input_size_are_applied_as_in_training(preprocessed
     from dr_ray.models import create_model, save_model_dir
     from dr_ray.pipelines.vessels import run_vessels
     from dr_ray.training import predict_image
-    from dr_ray.training.data import vessel_input
+    from dr_ray.imaging.enhance import vessel_input
 
     torch.manual_seed(2)
     m = create_model("vessel_unet", encoder="mobilenetv3_small_100", decoder_channels=(16, 16, 16, 16, 16)).eval()

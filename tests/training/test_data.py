@@ -118,7 +118,7 @@ def test_patch_batches_num_patches_gives_equal_counts_for_unequal_shards():
 
 def test_vessel_input_green_clahe_uses_green_only_and_raises_contrast():
     from dr_ray.imaging.enhance import clahe
-    from dr_ray.training.data import vessel_input
+    from dr_ray.imaging.enhance import vessel_input
 
     rng = np.random.default_rng(0)
     img = np.zeros((128, 160, 3), np.uint8)

@@ -279,7 +279,7 @@ def test_pixel_csgraph_equals_skan(shared_data):
 def test_caliber_distance_equals_scipy_edt(shared_data):
     from scipy import ndimage
 
-    from dr_ray.vessels.graph import _caliber_distance
+    from dr_ray.vessels.graph import mask_distance_at
 
     rng = np.random.default_rng(4)
     masks = [_drive_mask(shared_data, "21"), np.ones((7, 9), bool)]
@@ -289,7 +289,7 @@ def test_caliber_distance_equals_scipy_edt(shared_data):
     masks[1][3, 4] = False  # a single background pixel
     for m in masks:
         r, c = np.nonzero(m)
-        np.testing.assert_array_equal(_caliber_distance(np.ascontiguousarray(m), r, c),
+        np.testing.assert_array_equal(mask_distance_at(np.ascontiguousarray(m), r, c),
                                       ndimage.distance_transform_edt(m)[r, c])
 
 

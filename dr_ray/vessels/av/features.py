@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from dr_ray.vessels.graph import VesselGraph, _caliber_distance
+from dr_ray.vessels.graph import VesselGraph, mask_distance_at
 
 _BASE_FEATURES = (
     "r_bg", "g_bg", "b_bg",  # mean colour in the vessel / local background colour
@@ -90,7 +90,7 @@ def segment_features(graph: VesselGraph, image: np.ndarray, mask: np.ndarray) ->
     eid = edge_id[ir, ic]
     at_path = np.full(h * w, -1, np.int64)
     at_path[pr * w + pc] = np.arange(len(pr))
-    d_bg = _caliber_distance(np.ascontiguousarray(mask), pr, pc)  # = distance_transform_edt(mask)[pr, pc]
+    d_bg = mask_distance_at(np.ascontiguousarray(mask), pr, pc)  # = distance_transform_edt(mask)[pr, pc]
     half = d_bg[at_path[ir * w + ic]] - 1.0  # ~ (width - 1) / 2 at the nearest centreline pixel
     t = d_skel / np.maximum(half, 1e-6)  # 0 centre .. ~1 rim
     thick = half >= 1.0  # width >= 3 px: centre and rim are distinct pixels
