@@ -196,3 +196,34 @@ def test_a_transient_read_error_is_retried_by_the_next_run(small_catalog, tmp_pa
     assert (s2["written"], s2["quarantined"], s2["retried"], s2["processed_now"], s2["duplicates"]) == (5, 0, 1, 1, 0)
     ids = read_stage(tmp_path / "preprocess").column(C.IMAGE_ID).to_pylist()
     assert sorted(ids) == [f"t/g{i}" for i in range(5)]  # exactly once, in status=ok only
+
+
+
+@pytest.mark.ray
+def test_isolated_tasks_time_from_their_start_and_an_unplaceable_one_fails_clearly(ray_cluster, tmp_path):
+    """Four 1-CPU tasks of ~3 s on the 2-CPU session cluster with a 5 s timeout: the two that wait for a CPU
+    would time out if their clocks started at submission; they do not. A task the cluster can never place fails
+    the run with a TimeoutError naming its resources instead of quarantining images."""
+    def fetch(ids):  # local functions: Ray pickles them by value (the test module is not importable in workers)
+        import pyarrow as pa
+
+        return pa.table({"image_id": list(ids), "status": ["ok"] * len(ids)})
+
+    def slow(table):
+        import time
+
+        time.sleep(3.0)
+        return table
+
+    with K.StageLease([str(tmp_path / "s")]) as lease:
+        iso = K.Isolation(process=slow, fetch=fetch, options={"num_cpus": 1},
+                          quarantine=lambda ids, reason: _rows(list(ids), C.STATUS_QUARANTINED, reason))
+        counts = K.isolate_missing([f"i{k}" for k in range(4)], iso, str(tmp_path / "s"), run_id=lease.run_id,
+                                   max_retries=0, group_size=1, timeout_s=5.0)
+        assert counts == {"committed": 4, "worker_died": 0, "timed_out": 0}
+        assert sorted(read_committed(str(tmp_path / "s"), [C.IMAGE_ID]).column(C.IMAGE_ID).to_pylist()) == [
+            f"i{k}" for k in range(4)]
+        big = K.Isolation(process=fetch, fetch=fetch, quarantine=iso.quarantine, options={"num_cpus": 64})
+        with pytest.raises(TimeoutError, match="did not start within 3 s.*num_cpus.: 64"):
+            K.isolate_missing(["j0"], big, str(tmp_path / "s"), run_id=lease.run_id, max_retries=0, group_size=1,
+                              timeout_s=3.0)
