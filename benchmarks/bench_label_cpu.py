@@ -32,7 +32,6 @@ analyse_record(image=, prob=)); one Ray pipeline instead of three.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import io
 import os
@@ -65,17 +64,9 @@ class Timer:
 
 
 def tiny_models(root: Path) -> tuple[Path, Path]:
-    import torch
+    from dr_ray.models.tiny import tiny_label_models
 
-    from dr_ray.models import create_model, save_model_dir
-
-    torch.manual_seed(0)
-    v = create_model("vessel_unet", encoder="mobilenetv3_small_100", decoder_channels=(16, 16, 16, 16, 16))
-    torch.manual_seed(1)
-    les = create_model("unet", encoder="mobilenetv3_small_100", classes=4, decoder_channels=(16, 16, 16, 16, 16))
-    les.spec = dataclasses.replace(les.spec, output="sigmoid")
-    return (save_model_dir(v.eval(), root / "vessel", config={}, train_data_hash=None),
-            save_model_dir(les.eval(), root / "lesion", config={}, train_data_hash=None))
+    return tiny_label_models(root)
 
 
 def catalog_rows(files: list[Path]) -> list[dict]:

@@ -21,7 +21,6 @@ and of the whole cluster, object-store spilling, at ``--small`` and at ``--rows`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -50,6 +49,7 @@ def make_inputs(tmp: Path, frames: int, width: int, height: int, size: int, *, t
     import torch
 
     from dr_ray.models import create_model, load_model_dir, save_model_dir
+    from dr_ray.models.tiny import tiny_label_models
     from dr_ray.testing import encode_jpeg, make_fundus
     from dr_ray.training import predict_image
 
@@ -59,15 +59,15 @@ def make_inputs(tmp: Path, frames: int, width: int, height: int, size: int, *, t
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(encode_jpeg(make_fundus(seed=i, width=width, height=height, style="eyepacs").image, 90))
         files.append(p)
-    torch.manual_seed(0)
-    small = {"encoder": "mobilenetv3_small_100", "decoder_channels": (16,) * 5} if tiny else {}
-    v = create_model("vessel_unet", **small)
-    torch.manual_seed(1)
-    les = (create_model("unet", classes=4, input_size=size, **small) if tiny
-           else create_model("lesion_unet", input_size=size))
-    les.spec = dataclasses.replace(les.spec, output="sigmoid")
-    vd = save_model_dir(v.eval(), tmp / "vessel_model", config={}, train_data_hash=None)
-    ld = save_model_dir(les.eval(), tmp / "lesion_model", config={}, train_data_hash=None)
+    if tiny:
+        vd, ld = tiny_label_models(tmp, lesion_input_size=size)
+    else:
+        torch.manual_seed(0)
+        v = create_model("vessel_unet")
+        torch.manual_seed(1)
+        les = create_model("lesion_unet", input_size=size)
+        vd = save_model_dir(v.eval(), tmp / "vessel_model", config={}, train_data_hash=None)
+        ld = save_model_dir(les.eval(), tmp / "lesion_model", config={}, train_data_hash=None)
     model, _ = load_model_dir(vd)
     prob = predict_image(model, make_fundus(0, size, size).image, mean=model.spec.mean, std=model.spec.std)
     return {"files": files, "vessel": vd, "lesion": ld, "threshold": round(float(np.percentile(prob, 85)), 4)}

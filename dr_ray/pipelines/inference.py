@@ -157,10 +157,9 @@ class ModelActor:
         return out
 
 
-def map_model_actor(ds, actor_cls: type, section, *, model_hash: str, ray_cfg=None, **constructor_kwargs):
-    """``ds.map_batches`` over an actor pool of ``actor_cls`` configured by a stage's config ``section`` (its
-    ``model_dir``, ``batch_size``, ``actors``, ``gpus_per_actor``, ``cpus_per_actor``, ``amp_bf16``); extra
-    keyword arguments go to the actor's constructor. With ``ray_cfg`` (the ``ray`` section) each actor call
+def map_actor_pool(ds, actor_cls: type, section, *, constructor_kwargs: dict, ray_cfg=None):
+    """``ds.map_batches`` over an actor pool of ``actor_cls`` sized by a config ``section`` (its ``batch_size``,
+    ``actors``, ``gpus_per_actor``, ``cpus_per_actor``). With ``ray_cfg`` (the ``ray`` section) each actor call
     is retried at most ``ray.max_task_retries`` times (Ray Data's default: forever)."""
     import ray
 
@@ -173,11 +172,17 @@ def map_model_actor(ds, actor_cls: type, section, *, model_hash: str, ray_cfg=No
         compute=ray.data.ActorPoolStrategy(size=section.actors),
         num_gpus=section.gpus_per_actor,
         num_cpus=section.cpus_per_actor,
-        fn_constructor_kwargs={"model_dir": section.model_dir, "use_gpu": section.gpus_per_actor > 0,
-                               "amp_bf16": section.amp_bf16, "threads": int(section.cpus_per_actor),
-                               "model_hash": model_hash, **constructor_kwargs},
+        fn_constructor_kwargs=constructor_kwargs,
         **(actor_retry_args(ray_cfg) if ray_cfg is not None else {}),
     )
+
+
+def map_model_actor(ds, actor_cls: type, section, *, model_hash: str, ray_cfg=None, **constructor_kwargs):
+    """:func:`map_actor_pool` for a :class:`ModelActor` of a stage's config ``section`` (also its ``model_dir``
+    and ``amp_bf16``); extra keyword arguments go to the actor's constructor."""
+    return map_actor_pool(ds, actor_cls, section, ray_cfg=ray_cfg, constructor_kwargs={
+        "model_dir": section.model_dir, "use_gpu": section.gpus_per_actor > 0, "amp_bf16": section.amp_bf16,
+        "threads": int(section.cpus_per_actor), "model_hash": model_hash, **constructor_kwargs})
 
 
 def read_input_index(input_dir: str) -> pa.Table:
@@ -266,5 +271,5 @@ def run_model_stage(cfg: Config, *, stage: str, input_dir: str, cfg_hash: str, w
                             processed_now=todo.num_rows, run_seconds=elapsed, run_id=lease.run_id)
 
 
-__all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "map_model_actor", "preprocess_fov_margin",
+__all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "map_actor_pool", "map_model_actor", "preprocess_fov_margin",
            "read_input_index", "run_model_stage"]

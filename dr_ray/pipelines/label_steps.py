@@ -221,20 +221,10 @@ def model_kwargs(cfg: Config, *, stages: tuple[str, ...], hashes: dict, section)
 
 
 def _pool(ds, section, *, stages: tuple[str, ...], cfg: Config, hashes: dict):
-    import ray
+    from dr_ray.pipelines.inference import map_actor_pool
 
-    from dr_ray.pipelines.commit import actor_retry_args
-
-    return ds.map_batches(
-        LabelModels,
-        batch_format="pyarrow",
-        batch_size=section.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=section.actors),
-        num_gpus=section.gpus_per_actor,
-        num_cpus=section.cpus_per_actor,
-        fn_constructor_kwargs=model_kwargs(cfg, stages=stages, hashes=hashes, section=section),
-        **actor_retry_args(cfg.ray),
-    )
+    return map_actor_pool(ds, LabelModels, section, ray_cfg=cfg.ray,
+                          constructor_kwargs=model_kwargs(cfg, stages=stages, hashes=hashes, section=section))
 
 
 def build_label_pipeline(ds, cfg: Config, *, hashes: dict[str, str]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +39,9 @@ def preprocessed(ray_cluster, tmp_path_factory) -> Path:
 def label_models(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny vessel U-Net and a tiny 4-lesion sigmoid U-Net, fixed random weights, pretrained=False (the
     ``dr-ray label`` tests)."""
-    import torch
+    from dr_ray.models.tiny import tiny_label_models
 
-    from dr_ray.models import create_model, save_model_dir
-
-    root = tmp_path_factory.mktemp("label_models")
-    torch.manual_seed(0)
-    v = create_model("vessel_unet", encoder="mobilenetv3_small_100", decoder_channels=(16, 16, 16, 16, 16))
-    torch.manual_seed(1)
-    les = create_model("unet", encoder="mobilenetv3_small_100", classes=4, decoder_channels=(16, 16, 16, 16, 16))
-    les.spec = dataclasses.replace(les.spec, output="sigmoid")
-    return (save_model_dir(v.eval(), root / "vessel", config={}, train_data_hash=None),
-            save_model_dir(les.eval(), root / "lesion", config={}, train_data_hash=None))
+    return tiny_label_models(tmp_path_factory.mktemp("label_models"))
 
 
 @pytest.fixture(scope="session")
