@@ -128,7 +128,7 @@ def measure_steps(rows: list[dict], cfg, models: tuple[Path, Path], repeat: int,
             # --- separate stages: each model stage decodes image_png again
             im_v = sep.run("re-decode image PNG", decode_png, png)
             inp_v, _, _ = sep.run("model inputs (vessel)", seg.prepare_inputs, [im_v], [size], [row[C.IMAGE_ID]])
-            sep.run("model forward (vessel, untrained)", seg.predict, inp_v)
+            sep.run("model forward (vessel)", seg.predict, inp_v)
             prob_png = sep.run("encode vessel prob PNG", encode_vessel_prob, prob)
             rec = {**row, C.STATUS: C.STATUS_OK, C.SIZE: size, C.MODEL_HASH: "m", C.IMAGE_PNG: png,
                    C.VESSEL_PROB_PNG: prob_png}
@@ -143,7 +143,7 @@ def measure_steps(rows: list[dict], cfg, models: tuple[Path, Path], repeat: int,
             sep.run("encode lesion stats + maps PNG", lab._summarise, prob_l[0])
             # --- fused label path: arrays handed on, no PNG decodes
             inp_v, _, _ = fused.run("model inputs (vessel)", seg.prepare_inputs, [img], [size], [row[C.IMAGE_ID]])
-            fused.run("model forward (vessel, untrained)", seg.predict, inp_v)
+            fused.run("model forward (vessel)", seg.predict, inp_v)
             prob_png = fused.run("encode vessel prob PNG", encode_vessel_prob, prob)
             rec[C.VESSEL_PROB_PNG] = prob_png
             out_f = fused.run("graph + biomarkers", analyse_record, rec, v, cfg_hash="b",
