@@ -509,7 +509,8 @@ def isolate_missing(missing: Sequence[str], iso: Isolation, stage_path: str, *, 
     OOM, os._exit) or runs past ``timeout_s`` alone is quarantined "worker died" / "timed out". A task's clock
     starts when it starts running (its first generator item), so waiting for a CPU never times an image out;
     when tasks are waiting and none starts or ends for ``timeout_s`` (the cluster cannot place
-    ``iso.options``), the run fails with a TimeoutError, as that is no image's fault. An application error is raised (it would fail for every row).
+    ``iso.options``), the run fails with a TimeoutError, as that is no image's fault. An application error is
+    raised (it would fail for every row).
     Returns counts."""
     import ray
 

@@ -271,5 +271,6 @@ def run_model_stage(cfg: Config, *, stage: str, input_dir: str, cfg_hash: str, w
                             processed_now=todo.num_rows, run_seconds=elapsed, run_id=lease.run_id)
 
 
-__all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "map_actor_pool", "map_model_actor", "preprocess_fov_margin",
+__all__ = ["INPUT_COLUMNS", "ModelActor", "check_model_dir", "map_actor_pool", "map_model_actor",
+           "preprocess_fov_margin",
            "read_input_index", "run_model_stage"]

@@ -24,15 +24,20 @@ from typing import Iterator, Sequence
 class LocalCluster:
     cluster: object  # ray.cluster_utils.Cluster
     workers: list = field(default_factory=list)  # ray._private.node.Node of each worker node, in order
+    auth_mode: str | None = None  # RAY_AUTH_MODE the nodes were started with (their clients must use the same)
 
     @property
     def address(self) -> str:
         return self.cluster.address
 
     def job_env(self, **extra: str) -> dict[str, str]:
-        """The environment of a driver process that joins this cluster (``RAY_ADDRESS`` + 2.60's token auth)."""
+        """The environment of a driver process that joins this cluster: ``RAY_ADDRESS``, and the ``RAY_AUTH_MODE``
+        the nodes were started with (a 2.60 client in token mode cannot reach the objects of a cluster without
+        it: ``OwnerDiedError``; a client without it is refused by a token cluster: ``InvalidAuthToken``)."""
         env = {**os.environ, "RAY_ADDRESS": self.address, **extra}
         env.pop("RAY_AUTH_MODE", None)
+        if self.auth_mode:
+            env["RAY_AUTH_MODE"] = self.auth_mode
         return env
 
     def kill_worker(self, index: int) -> None:
@@ -49,10 +54,11 @@ def local_cluster(*, head_cpus: float = 0, worker_cpus: Sequence[float] = (2, 2)
     from ray.cluster_utils import Cluster
 
     store = int(object_store_mb) * 1024 * 1024
+    auth_mode = os.environ.get("RAY_AUTH_MODE")  # the node processes inherit this process's environment
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": head_cpus, "object_store_memory": store, "include_dashboard": False})
     try:
-        out = LocalCluster(cluster)
+        out = LocalCluster(cluster, auth_mode=auth_mode)
         for cpus in worker_cpus:
             args = {"num_cpus": cpus, "object_store_memory": store}
             if worker_memory_mb:

@@ -266,7 +266,8 @@ def _disc_region(rel: np.ndarray, fov: np.ndarray, x: int, y: int, r0: float, r_
     Threshold: ``frac`` of the way from the background (rel = 1) to the blob's bright level (95th
     percentile within r0); a low fraction keeps the neuroretinal rim around a much brighter cup. The region is
     limited to a window of radius ``r_max``; one that fills it (leaks into bright surroundings) or is not
-    compact (solidity < 0.75) or whose centroid lies more than 0.6 radii from (x, y) is rejected. Returns (x, y, radius) in working px: centroid and the radius of
+    compact (solidity < ``_SOLIDITY`` = 0.85) or whose centroid lies more than 0.6 radii from (x, y) is
+    rejected. Returns (x, y, radius) in working px: centroid and the radius of
     the circle with the same area. ``crop``: work on the window's bounding box (the same result, cheaper).
     """
     # all of it happens in the window: work on its bounding box (even offsets: same 2 x 2 blocks of the

@@ -81,8 +81,10 @@ def _assert_exactly_once(out: Path) -> None:
         assert len(ids) == len(set(ids)) == N_IMAGES, (stage, len(ids), len(set(ids)))
 
 
-def test_a_lost_worker_node_and_a_killed_driver_leave_the_output_of_a_clean_run(sample, label_models,
+def test_a_lost_worker_node_and_a_killed_driver_leave_the_output_of_a_clean_run(ray_cluster, sample, label_models,
                                                                                 label_threshold, tmp_path):
+    """``ray_cluster``: the session cluster is up (token auth on, as in the whole suite); this test's own 3-node
+    cluster must be reachable all the same (its clients use the auth mode its nodes were started with)."""
     from dr_ray.testing.cluster import local_cluster
 
     def args(out: Path):
