@@ -63,12 +63,6 @@ class Timer:
         return out
 
 
-def tiny_models(root: Path) -> tuple[Path, Path]:
-    from dr_ray.models.tiny import tiny_label_models
-
-    return tiny_label_models(root)
-
-
 def catalog_rows(files: list[Path]) -> list[dict]:
     from dr_ray.io import columns as C
 
@@ -236,7 +230,9 @@ def main(argv=None) -> int:
     rows = catalog_rows(images)
     t_wall = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        models = tiny_models(Path(tmp))
+        from dr_ray.models.tiny import tiny_label_models
+
+        models = tiny_label_models(Path(tmp))
         trained = bool(args.vessel_model)
         if trained:
             models = (Path(args.vessel_model), models[1])

@@ -490,6 +490,19 @@ class Isolation:
     options: dict
 
 
+@dataclass
+class _Attempt:
+    """One isolated task in flight: its generator, its rows, and its deadline (infinite until it starts)."""
+
+    gen: object
+    group: list[str]
+    deadline: float = float("inf")
+
+    @property
+    def started(self) -> bool:
+        return self.deadline != float("inf")
+
+
 def _as_tables(out, stage_path: str) -> Mapping[str, pa.Table]:
     return out if isinstance(out, Mapping) else {stage_path: out}
 
@@ -518,7 +531,7 @@ def isolate_missing(missing: Sequence[str], iso: Isolation, stage_path: str, *, 
     task = ray.remote(_isolated_task)
     queue = [list(missing[i:i + group_size]) for i in range(0, len(missing), max(1, group_size))]
     counts = {"committed": 0, "worker_died": 0, "timed_out": 0}
-    running: list[list] = []  # [generator, group, started, deadline]
+    running: list[_Attempt] = []
 
     def failed(g: list[str], reason: str) -> None:
         if len(g) > 1:
@@ -534,34 +547,33 @@ def isolate_missing(missing: Sequence[str], iso: Isolation, stage_path: str, *, 
     while queue or running:
         for g in queue:  # all at once: Ray queues what the cluster cannot run yet
             opts = {**iso.options, "max_retries": max_retries if len(g) == 1 else 0}
-            gen = task.options(**opts).remote(iso.fetch, iso.process, g, stage_path, run_id)
-            running.append([gen, g, False, float("inf")])
+            running.append(_Attempt(task.options(**opts).remote(iso.fetch, iso.process, g, stage_path, run_id), g))
         queue.clear()
-        next_deadline = min(min(r[3] for r in running), last_progress + timeout_s)
-        ready, _ = ray.wait([r[0] for r in running], num_returns=1,
+        next_deadline = min(min(a.deadline for a in running), last_progress + timeout_s)
+        ready, _ = ray.wait([a.gen for a in running], num_returns=1,
                             timeout=max(0.0, next_deadline - time.monotonic()))
-        for r in [r for r in running if any(r[0] is x for x in ready)]:
+        for a in [a for a in running if any(a.gen is x for x in ready)]:
             last_progress = time.monotonic()
             try:
-                ray.get(next(r[0]))
+                ray.get(next(a.gen))
             except crash as e:
-                running.remove(r)
-                failed(r[1], f"worker died ({max_retries + 1} attempts; {type(e).__name__})")
+                running.remove(a)
+                failed(a.group, f"worker died ({max_retries + 1} attempts; {type(e).__name__})")
                 continue
-            if not r[2]:  # it started: from now on it has timeout_s to finish
-                r[2], r[3] = True, time.monotonic() + timeout_s
+            if not a.started:  # its first item: from now on it has timeout_s to finish
+                a.deadline = time.monotonic() + timeout_s
             else:
-                running.remove(r)
-                counts["committed"] += len(r[1])
+                running.remove(a)
+                counts["committed"] += len(a.group)
         now = time.monotonic()
-        for r in [r for r in running if r[2] and r[3] <= now]:
-            running.remove(r)
-            ray.cancel(r[0], force=True)
+        for a in [a for a in running if a.deadline <= now]:
+            running.remove(a)
+            ray.cancel(a.gen, force=True)
             last_progress = now
-            failed(r[1], f"timed out (task ran past {timeout_s:.0f} s)")
-        if running and not any(r[2] for r in running) and now - last_progress > timeout_s:
-            for r in running:
-                ray.cancel(r[0], force=True)
+            failed(a.group, f"timed out (task ran past {timeout_s:.0f} s)")
+        if running and not any(a.started for a in running) and now - last_progress > timeout_s:
+            for a in running:
+                ray.cancel(a.gen, force=True)
             raise TimeoutError(f"{stage_path}: {len(running)} isolated tasks did not start within {timeout_s:.0f} "
                                f"s: the cluster cannot place {iso.options}")
     return counts

@@ -40,7 +40,6 @@ import logging
 import os
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,7 +48,16 @@ from dr_ray.io import columns as C
 from dr_ray.io import fs
 from dr_ray.io.catalog import problems_table, write_catalog
 from dr_ray.pipelines.catalog import build_catalog
-from dr_ray.pipelines.label_steps import LES, PRE, STAGES, TODO, VES, build_label_pipeline, commit_label_batch
+from dr_ray.pipelines.label_steps import (
+    LES,
+    PRE,
+    STAGES,
+    TODO,
+    VES,
+    build_label_pipeline,
+    commit_label_batch,
+    ids_in,
+)
 from dr_ray.pipelines.runtime import StageSummary, blocks_of, init_ray, stage_dir, total_cpus
 
 log = logging.getLogger(__name__)
@@ -94,10 +102,6 @@ def check_pool_cpus(cfg: Config, cluster_cpus: float) -> None:
 
 
 WHAT = {PRE: "preprocess settings", VES: "vessel settings or model", LES: "pseudo-label settings or model"}
-
-
-def _not_in(ids: pa.Array, done: pa.Array) -> np.ndarray:
-    return np.asarray(pc.invert(pc.is_in(ids, value_set=done)).to_numpy(zero_copy_only=False), bool)
 
 
 def run_label(cfg: Config) -> dict[str, StageSummary]:
@@ -150,10 +154,10 @@ def run_label(cfg: Config) -> dict[str, StageSummary]:
         ids = cat.column(C.IMAGE_ID).combine_chunks()
         pre = before[PRE].unique()
         pre_ok = pre.filter(pc.equal(pre.column(C.STATUS), C.STATUS_OK)).column(C.IMAGE_ID).combine_chunks()
-        todo_pre = _not_in(ids, before[PRE].ids())
-        has_image = todo_pre | ~_not_in(ids, pre_ok)  # preprocessed now, or stored ok before
-        todo = {PRE: todo_pre, VES: has_image & _not_in(ids, before[VES].ids()),
-                LES: has_image & _not_in(ids, before[LES].ids())}
+        todo_pre = ~ids_in(ids, before[PRE].ids())
+        has_image = todo_pre | ids_in(ids, pre_ok)  # preprocessed now, or stored ok before
+        todo = {PRE: todo_pre, VES: has_image & ~ids_in(ids, before[VES].ids()),
+                LES: has_image & ~ids_in(ids, before[LES].ids())}
         plan = cat
         for s in STAGES:
             plan = plan.append_column(TODO[s], pa.array(todo[s], pa.bool_()))
@@ -187,7 +191,7 @@ def run_label(cfg: Config) -> dict[str, StageSummary]:
                                  already_done=int((~todo[PRE]).sum()), processed_now=int(todo[PRE].sum()),
                                  run_seconds=elapsed, run_id=run_id, retried=retried[PRE])}
         inputs = read_committed(paths[PRE], list(C.CATALOG_COLUMNS), status=C.STATUS_OK)
-        has_input = ~_not_in(ids, inputs.column(C.IMAGE_ID).combine_chunks())
+        has_input = ids_in(ids, inputs.column(C.IMAGE_ID).combine_chunks())
         for s in (VES, LES):
             n_now = int((todo[s] & has_input).sum())  # a row quarantined by preprocess now was not sent
             out[s] = finish_stage(s, inputs, before[s], paths[s], label_problems=0,

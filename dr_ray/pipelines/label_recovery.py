@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,6 +30,7 @@ from dr_ray.pipelines.label_steps import (
     TODO,
     VES,
     LabelModels,
+    ids_in,
     label_preprocess_batch,
     label_vessels_batch,
     model_kwargs,
@@ -38,10 +38,6 @@ from dr_ray.pipelines.label_steps import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _in(ids: pa.Array, values: pa.Array) -> np.ndarray:
-    return np.asarray(pc.is_in(ids, value_set=values).to_numpy(zero_copy_only=False), bool)
 
 
 def still_missing(plan: pa.Table, paths: dict[str, str]) -> pa.Table:
@@ -54,10 +50,10 @@ def still_missing(plan: pa.Table, paths: dict[str, str]) -> pa.Table:
     scans = {s: scan_outputs(paths[s], remove_incomplete=False) for s in STAGES}
     pre = scans[PRE].unique()
     pre_bad = pre.filter(pc.equal(pre.column(C.STATUS), C.STATUS_QUARANTINED)).column(C.IMAGE_ID).combine_chunks()
-    flags = {PRE: plan.column(TODO[PRE]).to_numpy(zero_copy_only=False) & ~_in(ids, scans[PRE].ids())}
+    flags = {PRE: plan.column(TODO[PRE]).to_numpy(zero_copy_only=False) & ~ids_in(ids, scans[PRE].ids())}
     for s in (VES, LES):
-        flags[s] = (plan.column(TODO[s]).to_numpy(zero_copy_only=False) & ~_in(ids, scans[s].ids())
-                    & ~_in(ids, pre_bad))
+        flags[s] = (plan.column(TODO[s]).to_numpy(zero_copy_only=False) & ~ids_in(ids, scans[s].ids())
+                    & ~ids_in(ids, pre_bad))
     out = plan
     for s in STAGES:
         out = out.set_column(out.schema.get_field_index(TODO[s]), TODO[s], pa.array(flags[s], pa.bool_()))

@@ -50,6 +50,13 @@ def _tensor_array(arrays: list[np.ndarray | None], shape: tuple[int, ...]) -> pa
     return ArrowTensorArray.from_numpy(out)
 
 
+def ids_in(ids: pa.Array, values: pa.Array) -> np.ndarray:
+    """bool per entry of ``ids``: is it among ``values``."""
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.is_in(ids, value_set=values).to_numpy(zero_copy_only=False), bool)
+
+
 def _flags(batch: pa.Table, stage: str) -> list[bool]:
     return [bool(x) for x in batch.column(TODO[stage]).to_pylist()]
 
@@ -254,5 +261,5 @@ def build_label_pipeline(ds, cfg: Config, *, hashes: dict[str, str]):
 
 
 __all__ = ["IMAGE_ARRAY", "LES", "PRE", "STAGES", "TODO", "VES", "VESSEL_PROB_ARRAY", "LabelModels",
-           "build_label_pipeline", "commit_label_batch", "label_preprocess_batch", "label_vessels_batch",
+           "build_label_pipeline", "commit_label_batch", "ids_in", "label_preprocess_batch", "label_vessels_batch",
            "model_kwargs", "split_stage_tables", "stage_table", "stream_column"]
