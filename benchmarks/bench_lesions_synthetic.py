@@ -42,10 +42,13 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
+    import tempfile
+
     import torch
 
     from dr_ray.models import create_model
-    from dr_ray.training.lesion_data import lesion_patch_batches, load_lesion_images, synthetic_lesion_records
+    from dr_ray.pipelines.train_lesions import synthetic_lesion_records
+    from dr_ray.training.lesion_data import lesion_patch_batches, load_lesion_images
     from dr_ray.training.lesion_losses import LesionLoss
     from dr_ray.training.lesion_metrics import LesionMeter
     from dr_ray.training.loops import train_one_epoch
@@ -57,8 +60,9 @@ def main() -> int:
     kw = {"encoder": args.encoder} if args.encoder else {}
     model = create_model(args.model, lesion_kinds=list(kinds), input_size=args.patch, **kw)
     spec = model.spec
-    train = load_lesion_images(synthetic_lesion_records(range(args.train), args.size, grade=3), kinds)
-    test = load_lesion_images(synthetic_lesion_records(range(10_000, 10_000 + args.test), args.size, grade=3), kinds)
+    train = load_lesion_images(synthetic_lesion_records(tempfile.mkdtemp(), range(args.train), args.size, grade=3), kinds)
+    test = load_lesion_images(synthetic_lesion_records(tempfile.mkdtemp(), range(10_000, 10_000 + args.test),
+                                                 args.size, grade=3), kinds)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     loss_fn = LesionLoss()

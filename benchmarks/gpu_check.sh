@@ -9,7 +9,10 @@
 #      (benchmarks/bench_tune_campaign.py);
 #   4. preprocess job efficiency at 16 cores (benchmarks/bench_preprocess_job.py);
 #   5. `dr-ray label` end to end with both models on the GPU at 512 and 1024 px vs the bare forward of the same
-#      two models (benchmarks/bench_label_gpu.py), with the GPU busy fraction.
+#      two models (benchmarks/bench_label_gpu.py), with the GPU busy fraction;
+#   6. JPEG decode for preprocess.decode_device: CPU libjpeg vs the batched nvJPEG decode (+ GPU resize) of the
+#      EyePACS sample repeated to 64 images, images/s and CPU-ms per image each (benchmarks/bench_gpu_decode.py;
+#      synthetic 3888x2592 frames when ../shared is absent, as on the GPU machine; ~1 minute).
 #
 # On the GPU machine (torch, timm, torch-geometric, opencv, scikit-image, pyarrow installed; no Ray):
 #   bash ../shared/tools/ray-device-bundle.sh      # here, once: builds .whl/ (Ray without its jars + a few wheels)
@@ -67,6 +70,7 @@ if [[ "$DRY" == 1 ]]; then
   util tune "$PY" benchmarks/bench_tune_campaign.py --trials 2 --concurrent 1 --epochs 1 --kill-after 1 --cpus 2 --timeout 300 --json "$RES/tune.json"
   util preprocess "$PY" benchmarks/bench_preprocess_job.py --rows 8 --small 4 --cpus 2 --json "$RES/preprocess.json"
   util label_64 "$PY" benchmarks/bench_label_gpu.py --tiny --rows 16 --size 64 --width 384 --height 256 --batch 4 --actor-cpus 1 --cpus 2 --json "$RES/label_64.json"
+  util gpu_decode "$PY" benchmarks/bench_gpu_decode.py --device cpu --images 12 --batches 6 --repeats 1 --size 128 --synthetic-size 768x512 --json "$RES/gpu_decode.json"
 else
   for s in 512 1024; do
     rows=$(( s == 512 ? 3000 : 1000 ))
@@ -78,6 +82,7 @@ else
   util preprocess "$PY" benchmarks/bench_preprocess_job.py --rows 2000 --small 200 --cpus "$CPUS" --json "$RES/preprocess.json"
   util label_512 "$PY" benchmarks/bench_label_gpu.py --size 512 --rows 2000 --batch 32 --actor-cpus 4 --cpus "$CPUS" --json "$RES/label_512.json"
   util label_1024 "$PY" benchmarks/bench_label_gpu.py --size 1024 --rows 600 --batch 16 --actor-cpus 4 --cpus "$CPUS" --json "$RES/label_1024.json"
+  util gpu_decode "$PY" benchmarks/bench_gpu_decode.py --device cuda --images 64 --batches 8,64 --repeats 3 --json "$RES/gpu_decode.json"
 fi
 
 # one table: every scalar figure of every step's JSON, plus its wall time, exit status and GPU busy fraction

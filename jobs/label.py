@@ -1,5 +1,5 @@
 """Label a dataset in one stream (preprocess -> vessel + lesion models -> graphs and biomarkers) on Ray:
-``ray job submit --working-dir . -- python jobs/label.py --config configs/eyepacs.yaml --set vessels.model_dir=... --set pseudo_labels.model_dir=...``."""
+``ray job submit --working-dir . -- python jobs/label.py --config configs/eyepacs.yaml --set pseudo_labels.model_dir=...`` (vessels.model_dir empty = the shipped vessel model)."""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Vessel graphs and biomarkers on Ray: ``ray job submit --working-dir . -- python jobs/vessels.py --config configs/eyepacs.yaml --set vessels.model_dir=...``."""
+"""Vessel graphs and biomarkers on Ray: ``ray job submit --working-dir . -- python jobs/vessels.py --config configs/eyepacs.yaml`` (the shipped vessel model; ``--set vessels.model_dir=...`` for another)."""
 
 import sys
 from pathlib import Path

@@ -101,6 +101,9 @@ class QualityConfig:
                "must be in 0..10")
 
 
+DECODE_DEVICES = ("cpu", "cuda")  # preprocess.decode_device
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     size: int = 512  # side of the square output image, px (512 default, 1024 for vessel work)
@@ -118,6 +121,8 @@ class PreprocessConfig:
     max_pixels: int = 120_000_000  # larger source frames are refused as decompression bombs
     min_side: int = 64  # smaller source frames are refused
     png_compression: int = 1  # 0-9: zlib level of the stored PNGs (run-length strategy: the level barely matters)
+    decode_device: str = "cpu"  # cpu (libjpeg) | cuda (nvJPEG, batched; non-JPEGs and failures decode on CPU)
+    decode_gpus_per_task: float = 0.0  # GPU share per preprocess task with decode_device cuda (> 0 then); else unused
 
     def __post_init__(self) -> None:
         _check(32 <= self.size <= 4096, "preprocess.size", self.size, "must be in 32..4096")
@@ -131,6 +136,13 @@ class PreprocessConfig:
         _check(self.max_pixels >= 10_000, "preprocess.max_pixels", self.max_pixels, "must be >= 10000")
         _check(1 <= self.min_side <= 4096, "preprocess.min_side", self.min_side, "must be in 1..4096")
         _check(0 <= self.png_compression <= 9, "preprocess.png_compression", self.png_compression, "must be in 0..9")
+        _check(self.decode_device in DECODE_DEVICES, "preprocess.decode_device", self.decode_device,
+               "must be 'cpu' or 'cuda'")
+        _check(0.0 <= self.decode_gpus_per_task <= 8.0, "preprocess.decode_gpus_per_task", self.decode_gpus_per_task,
+               "must be in 0..8")
+        _check(self.decode_device != "cuda" or self.decode_gpus_per_task > 0, "preprocess.decode_gpus_per_task",
+               self.decode_gpus_per_task, "must be > 0 with preprocess.decode_device=cuda (each preprocess task "
+               "then decodes on a GPU; e.g. 0.25 puts four tasks on one GPU)")
 
 
 @dataclass(frozen=True)
@@ -167,7 +179,11 @@ class OutputConfig:
 
 
 VESSEL_DATASETS = ("drive", "hrf_av", "les_av", "chase_db1", "stare")  # catalog readers with vessel (or A/V) masks
-VESSEL_MODELS = ("vessel_unet",)
+VESSEL_MODELS = ("vessel_unet", "compact_vessel_unet")  # dr_ray.models registry names
+# nominal field of view (degrees) of each vessel dataset's camera: images are brought to one vessel scale by
+# FOV diameter per degree (train_vessels.fov_diameter is the diameter of a 45-degree field)
+VESSEL_FIELD_DEGREES = {"drive": 45.0, "hrf_av": 45.0, "les_av": 30.0, "chase_db1": 30.0, "stare": 35.0}
+VESSEL_FIELD_DEGREES_BY_IMAGE = {"les_av/34": 45.0}  # LES-AV's one 45-degree image (2196 x 1958; Orlando et al.)
 GLCM_HOMOGENEITY = ("paper", "skimage")  # = dr_ray.vessels.HOMOGENEITY_VARIANTS (config does not import vessels)
 VESSEL_INPUT_MODES = ("rgb", "green_clahe")  # = dr_ray.imaging.enhance.INPUT_MODES (config imports no image code)
 
@@ -185,15 +201,21 @@ class TrainVesselsConfig:
     roots: tuple[str, ...] = ()  # one root per dataset, same order: local path or s3://
     synthetic_images: int = 8  # used only when datasets is empty: this many make_fundus frames
     synthetic_size: int = 256  # side of the synthetic frames, px
-    model: str = "vessel_unet"  # registry name (dr_ray.models)
-    encoder: str = "resnet18"  # timm encoder of the U-Net
+    model: str = "vessel_unet"  # registry name: vessel_unet (timm encoder) | compact_vessel_unet (the shipped one)
+    encoder: str = "resnet18"  # timm encoder of vessel_unet (ignored by compact_vessel_unet)
     pretrained: bool = False  # ImageNet encoder weights (needs the HF hub or its local cache)
     pretrained_file: str = ""  # safetensors / torch state dict (local or s3://) for the U-Net encoder; "" = none
-    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # one per x2 upsampling step (5 for stride 32)
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # vessel_unet: one per x2 upsampling step (5 for stride 32)
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # compact_vessel_unet: widths of its levels (last = bottleneck)
+    dropout: float = 0.1  # compact_vessel_unet: dropout2d inside each conv block
     patch_size: int = 256  # training patch side, px at the trained scale; a multiple of 32 (the U-Net's stride)
     patches_per_image: int = 8  # random patches drawn from each training image per epoch
     fov_bias: float = 0.9  # share of patches centred on a FOV pixel (the rest anywhere in the frame)
-    scale: float = 1.0  # resize factor applied to images and masks before patching and at inference
+    scale: float = 1.0  # resize factor applied to images and masks before patching (fov_diameter = 0)
+    fov_diameter: int = 0  # > 0: resize each image so a 45-degree FOV is this many px wide (one vessel scale across
+    # datasets and cameras; VESSEL_FIELD_DEGREES); recorded in the model so `dr-ray vessels` resizes to it
+    stored_input: bool = False  # train on what the preprocess stage stores (this config's preprocess section: FOV
+    # crop at preprocess.size, CLAHE), masks cropped alike: the images `dr-ray vessels` is fed
     input_mode: str = "rgb"  # model input made from the RGB frame: rgb | green_clahe (dr_ray.training.data.vessel_input)
     val_fraction: float = 0.2  # share of patients held out (whole images) for validation; at least one image
     epochs: int = 10
@@ -231,6 +253,13 @@ class TrainVesselsConfig:
                "must be in 1..10000")
         _check(0.0 <= self.fov_bias <= 1.0, k + "fov_bias", self.fov_bias, "must be in 0..1")
         _check(0.05 <= self.scale <= 4.0, k + "scale", self.scale, "must be in 0.05..4")
+        _check(self.fov_diameter == 0 or 64 <= self.fov_diameter <= 4096, k + "fov_diameter", self.fov_diameter,
+               "must be 0 (use scale) or in 64..4096")
+        _check(self.fov_diameter == 0 or self.scale == 1.0, k + "fov_diameter", self.fov_diameter,
+               "set train_vessels.scale or train_vessels.fov_diameter, not both")
+        _check(bool(self.channels) and len(self.channels) >= 2 and all(c >= 1 for c in self.channels),
+               k + "channels", list(self.channels), "must be >= 2 positive ints")
+        _check(0.0 <= self.dropout < 1.0, k + "dropout", self.dropout, "must be in [0, 1)")
         _check(self.input_mode in VESSEL_INPUT_MODES, k + "input_mode", self.input_mode,
                f"must be one of {', '.join(VESSEL_INPUT_MODES)}")
         _check(0.0 < self.val_fraction < 1.0, k + "val_fraction", self.val_fraction, "must be in (0, 1)")

@@ -4,7 +4,16 @@
 (a ``ValueError``) with a human-readable reason for every unusable input.
 """
 
-from dr_ray.imaging.decode import ImageDecodeError, ImageHeader, check_header, choose_reduction, decode, probe
+from dr_ray.imaging.decode import (
+    ImageDecodeError,
+    ImageHeader,
+    check_header,
+    choose_reduction,
+    decode,
+    decoded_shape,
+    plan_decode,
+    probe,
+)
 from dr_ray.imaging.enhance import canny_edges, clahe, graham_normalise, vessel_tophat
 from dr_ray.imaging.lesion_maps import (
     decode_lesion_maps,
@@ -14,14 +23,22 @@ from dr_ray.imaging.lesion_maps import (
     reduce_maps,
 )
 from dr_ray.imaging.fov import FovGeometry, circle_mask, crop_fov_mask, crop_to_fov, find_fov, fov_mask
-from dr_ray.imaging.preprocess import PreprocessResult, decode_png, encode_png, preprocess_image, preprocess_naive
+from dr_ray.imaging.preprocess import (
+    PreprocessResult,
+    decode_png,
+    encode_png,
+    preprocess_decoded,
+    preprocess_image,
+    preprocess_naive,
+)
 from dr_ray.imaging.quality import QualityMeasures, is_gradable, measure_quality, quality_issues
 
 __all__ = [
-    "ImageDecodeError", "ImageHeader", "probe", "check_header", "choose_reduction", "decode",
+    "ImageDecodeError", "ImageHeader", "probe", "check_header", "choose_reduction", "plan_decode", "decoded_shape",
+    "decode",
     "FovGeometry", "fov_mask", "find_fov", "crop_to_fov", "crop_fov_mask", "circle_mask",
     "clahe", "graham_normalise", "canny_edges", "vessel_tophat",
     "QualityMeasures", "measure_quality", "is_gradable", "quality_issues",
-    "PreprocessResult", "preprocess_image", "preprocess_naive", "encode_png", "decode_png",
+    "PreprocessResult", "preprocess_image", "preprocess_decoded", "preprocess_naive", "encode_png", "decode_png",
     "quantise", "reduce_maps", "encode_lesion_maps", "decode_lesion_maps", "lesion_statistics",
 ]

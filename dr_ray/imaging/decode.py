@@ -23,7 +23,8 @@ from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImageDecodeError", "ImageHeader", "probe", "check_header", "choose_reduction", "decode"]
+__all__ = ["ImageDecodeError", "ImageHeader", "probe", "check_header", "choose_reduction", "plan_decode",
+           "decoded_shape", "decode"]
 
 REDUCTIONS = (1, 2, 4, 8)  # scales libjpeg can decode at (scaled IDCT)
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO = multi-picture JPEG from some cameras; the first frame is a plain JPEG
@@ -250,6 +251,36 @@ def _imdecode_rgb(buf: np.ndarray, factor: int) -> np.ndarray | None:
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def plan_decode(data: bytes, *, target: int | None = None, reduced: bool = True, max_pixels: int,
+                min_side: int) -> tuple[ImageHeader, int]:
+    """Everything :func:`decode` does before it decodes a pixel: probe, check the header, refuse a truncated
+    JPEG, pick the reduction. A batched decoder calls this first so that bad files get the same reasons.
+
+    data, target, reduced, max_pixels, min_side: as for :func:`decode`.
+    Returns ``(header, factor)``: header from :func:`probe`; factor in (1, 2, 4, 8), the libjpeg reduction the
+    CPU decode uses (1 unless ``reduced``, a JPEG and a ``target``). Raises ImageDecodeError.
+    """
+    if target is not None and (int(target) != target or target < 1):
+        raise ValueError(f"target: must be a positive integer or None, got {target!r}")
+    header = probe(data)
+    check_header(header, max_pixels=max_pixels, min_side=min_side)
+    is_jpeg = header.format in JPEG_FORMATS
+    if is_jpeg:
+        _check_jpeg_complete(bytes(data))
+    factor = 1
+    if reduced and is_jpeg and target is not None:
+        factor = choose_reduction(header.width, header.height, int(target))
+    return header, factor
+
+
+def decoded_shape(header: ImageHeader, factor: int) -> tuple[int, int]:
+    """(height, width) of the image decoded from ``header``'s frame at 1/``factor``: libjpeg's scaled IDCT
+    rounds up, ``(ceil(H / factor), ceil(W / factor))``."""
+    if factor not in REDUCTIONS:
+        raise ValueError(f"factor: must be one of {REDUCTIONS}, got {factor!r}")
+    return -(-header.height // factor), -(-header.width // factor)
+
+
 def decode(data: bytes, *, target: int | None = None, reduced: bool = True, max_pixels: int,
            min_side: int) -> tuple[np.ndarray, int, ImageHeader]:
     """Probe, check and decode an image to RGB.
@@ -262,16 +293,7 @@ def decode(data: bytes, *, target: int | None = None, reduced: bool = True, max_
     (1, 2, 4, 8), source px per decoded px; header from :func:`probe`.
     Raises ImageDecodeError for every unusable input.
     """
-    if target is not None and (int(target) != target or target < 1):
-        raise ValueError(f"target: must be a positive integer or None, got {target!r}")
-    header = probe(data)
-    check_header(header, max_pixels=max_pixels, min_side=min_side)
-    is_jpeg = header.format in JPEG_FORMATS
-    if is_jpeg:
-        _check_jpeg_complete(data)
-    factor = 1
-    if reduced and is_jpeg and target is not None:
-        factor = choose_reduction(header.width, header.height, int(target))
+    header, factor = plan_decode(data, target=target, reduced=reduced, max_pixels=max_pixels, min_side=min_side)
     buf = np.frombuffer(data, np.uint8)
     try:
         image = _imdecode_rgb(buf, factor)
@@ -281,7 +303,7 @@ def decode(data: bytes, *, target: int | None = None, reduced: bool = True, max_
         raise ImageDecodeError(f"OpenCV could not decode the {header.format} data (corrupt or truncated file)")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ImageDecodeError(f"decoded to {image.shape} {image.dtype}; 8-bit RGB expected")
-    expect = (-(-header.height // factor), -(-header.width // factor))
+    expect = decoded_shape(header, factor)
     if image.shape[:2] != expect:
         raise ImageDecodeError(f"decoded size {image.shape[1]}x{image.shape[0]} does not match the header "
                                f"({header.width}x{header.height} at 1/{factor})")

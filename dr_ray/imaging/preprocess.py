@@ -5,7 +5,8 @@ square crop centred on it, resized to ``cfg.size``, outside of the circle blacke
 (on this crop, before enhancement) -> optional Graham normalisation -> optional CLAHE -> optional feature maps.
 
 :func:`preprocess_naive` is the same chain after a full-resolution decode; it exists as the benchmark
-baseline and as a reference in tests.
+baseline and as a reference in tests. :func:`preprocess_decoded` is the chain after the decode, for a caller
+that decodes a whole batch at once (the GPU decoder, :mod:`dr_ray.pipelines.gpu_decode`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import cv2
 import numpy as np
 
 from dr_ray.config.schema import PreprocessConfig
-from dr_ray.imaging.decode import ImageDecodeError, ImageHeader, decode
+from dr_ray.imaging.decode import ImageDecodeError, ImageHeader, decode, decoded_shape
 from dr_ray.imaging.enhance import canny_edges, clahe, graham_normalise, vessel_tophat
 from dr_ray.imaging.fov import FovGeometry, crop_fov_mask, crop_to_fov, find_fov
 from dr_ray.imaging.quality import QualityMeasures, is_gradable, measure_quality
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PreprocessResult", "preprocess_image", "preprocess_naive", "encode_png", "decode_png"]
+__all__ = ["PreprocessResult", "preprocess_image", "preprocess_decoded", "preprocess_naive", "encode_png",
+           "decode_png"]
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,28 @@ def _check_cfg(cfg: PreprocessConfig) -> None:
 
 def _run(data: bytes, cfg: PreprocessConfig, *, reduced: bool) -> PreprocessResult:
     _check_cfg(cfg)
-    size = cfg.size
-    image, scale, header = decode(data, target=size, reduced=reduced, max_pixels=cfg.max_pixels,
+    image, scale, header = decode(data, target=cfg.size, reduced=reduced, max_pixels=cfg.max_pixels,
                                   min_side=cfg.min_side)
+    return preprocess_decoded(image, scale, header, cfg)
+
+
+def preprocess_decoded(image: np.ndarray, scale: int, header: ImageHeader, cfg: PreprocessConfig) -> PreprocessResult:
+    """The chain after the decode: FOV, crop, resize, mask, quality, Graham, CLAHE, extra maps.
+
+    image: (ceil(H/scale), ceil(W/scale), 3) uint8 RGB, the decoded frame (from :func:`~dr_ray.imaging.decode`
+    or a batched decoder that produces the same geometry); scale: source px per decoded px (1, 2, 4 or 8);
+    header: the source file's header; cfg: preprocessing settings.
+    Raises ImageDecodeError when no usable FOV is found (black frame, FOV too small); ValueError for a bad
+    ``cfg`` or an image whose shape does not match ``header`` at ``scale``.
+    """
+    _check_cfg(cfg)
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got {desc}")
+    if image.shape[:2] != decoded_shape(header, scale):
+        raise ValueError(f"image: {image.shape[1]}x{image.shape[0]} does not match the header "
+                         f"({header.width}x{header.height} at 1/{scale})")
+    size = cfg.size
     geom = find_fov(image, threshold=cfg.fov_threshold)
     crop = crop_to_fov(image, geom, size=size, margin=cfg.fov_margin, mask_outside=cfg.mask_outside_fov)
     fov = crop_fov_mask(geom, image.shape[:2], size=size, margin=cfg.fov_margin)  # (size, size) bool

@@ -8,6 +8,7 @@
 
 from dr_ray.models.registry import ModelSpec, create_model, list_models, register_model
 from dr_ray.models import unet as _unet  # noqa: F401  (registers "unet", "vessel_unet")
+from dr_ray.models import compact_unet as _compact_unet  # noqa: F401  (registers "compact_vessel_unet")
 from dr_ray.models import swin_unet as _swin_unet  # noqa: F401  (registers "swin_unet", "lesion_unet")
 from dr_ray.models import classifiers as _classifiers  # noqa: F401  (registers the DR classifiers)
 from dr_ray.models.unet import TimmUNet

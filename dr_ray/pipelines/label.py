@@ -75,12 +75,13 @@ def label_hashes(cfg: Config) -> dict[str, str]:
         if value and (value.rstrip("/") if fs.is_uri(value) else os.path.abspath(value)) != pre_dir.rstrip("/"):
             raise ValueError(f"{key}={value!r}: dr-ray label makes its own preprocess folder ({pre_dir}); leave "
                              f"{key} empty (it is for re-running one model stage over another preprocess run)")
-    vm = check_model_dir(cfg.vessels.model_dir, "vessels.model_dir",
-                         "train a model with `dr-ray train-vessels` and pass --set vessels.model_dir=<its model folder>")
+    vm = check_model_dir(cfg.vessels.model_dir, "vessels.model_dir", "")  # resolved: see resolve_label
     lm = check_model_dir(cfg.pseudo_labels.model_dir, "pseudo_labels.model_dir",
                          "train a lesion model with `dr-ray train-lesions` and pass "
                          "--set pseudo_labels.model_dir=<its model folder>")
-    return {PRE: config_hash(cfg.preprocess),
+    from dr_ray.pipelines.preprocess import preprocess_hash
+
+    return {PRE: preprocess_hash(cfg.preprocess),
             VES: config_hash(vs.result_settings(cfg.vessels, vm, vs.av_model_hash(cfg.vessels.av_model))),
             LES: config_hash(pl.result_settings(cfg.pseudo_labels, lm)), "vessel_model": vm, "lesion_model": lm}
 
@@ -128,6 +129,10 @@ def run_label(cfg: Config) -> dict[str, StageSummary]:
         scan_outputs,
     )
 
+    from dr_ray.pipelines.vessels import resolve_vessels
+
+    # an empty vessels.model_dir = the shipped model, at the input size its training FOV asks for
+    cfg = dataclasses.replace(cfg, vessels=resolve_vessels(cfg.vessels, cfg.preprocess.fov_margin))
     hashes = label_hashes(cfg)
     paths = {s: stage_dir(cfg.output.dir, s) for s in STAGES}
     catalog = build_catalog(cfg.data, cfg.output.dir)

@@ -110,6 +110,7 @@ def recover_missing(plan: pa.Table, cfg: Config, *, hashes: dict, paths: dict[st
     """Run the images of ``plan`` that the stream left without a planned row in isolated tasks; returns
     :func:`~dr_ray.pipelines.commit.isolate_missing`'s counts (all zero when nothing was left)."""
     from dr_ray.pipelines.commit import Isolation, isolate_missing
+    from dr_ray.pipelines.preprocess import decode_resources
 
     left = still_missing(plan, paths)
     if not left.num_rows:
@@ -121,7 +122,8 @@ def recover_missing(plan: pa.Table, cfg: Config, *, hashes: dict, paths: dict[st
         fetch=functools.partial(fetch_missing, plan=left, paths=paths),
         quarantine=functools.partial(quarantine_isolated, plan=left, cfg=cfg, hashes=hashes, paths=paths),
         options={"num_cpus": max(cfg.label.cpus_per_actor, cfg.ray.cpus_per_task),
-                 "num_gpus": cfg.label.gpus_per_actor})
+                 "num_gpus": max(cfg.label.gpus_per_actor,
+                                 decode_resources(cfg.preprocess).get("num_gpus", 0.0))})
     return isolate_missing(left.column(C.IMAGE_ID).to_pylist(), iso, paths[PRE], run_id=run_id,
                            max_retries=cfg.ray.max_task_retries, group_size=cfg.label.batch_size,
                            timeout_s=cfg.ray.no_progress_timeout_s)

@@ -63,17 +63,19 @@ def _flags(batch: pa.Table, stage: str) -> list[bool]:
 
 def label_preprocess_batch(batch: pa.Table, *, cfg: PreprocessConfig, cfg_hash: str, threads: float = 1) -> pa.Table:
     """Step 1 (CPU task). Input: ``C.CATALOG_SCHEMA`` + the ``_todo_*`` flags. Output: ``C.PREPROCESS_SCHEMA``
-    (``image_png`` encoded once, for storage), the flags, and ``_image`` (n, size, size, 3) uint8.
+    (``image_png`` encoded once, for storage), the flags, and ``_image`` (n, size, size, 3) uint8. With
+    ``cfg.decode_device`` cuda the batch's JPEGs are decoded in one nvJPEG call and the task holds
+    ``cfg.decode_gpus_per_task`` of a GPU (:func:`dr_ray.pipelines.preprocess.decode_resources`).
 
     A row quarantined here is not sent to the models (its model flags are cleared) unless its preprocess row was
     already stored ok by an earlier run (recomputing it failed now, e.g. the file became unreadable): then the
     model stages record the reason as their own quarantine, so their counts still reconcile."""
     import cv2
 
-    from dr_ray.pipelines.preprocess import preprocess_record_image
+    from dr_ray.pipelines.preprocess import preprocess_records_images
 
     cv2.setNumThreads(max(1, int(threads)))
-    results = [preprocess_record_image(r, cfg, cfg_hash) for r in batch.select(list(C.CATALOG_COLUMNS)).to_pylist()]
+    results = preprocess_records_images(batch.select(list(C.CATALOG_COLUMNS)).to_pylist(), cfg, cfg_hash)
     rows = [r for r, _ in results]
     images = [img for _, img in results]
     todo_pre = _flags(batch, PRE)
@@ -240,13 +242,14 @@ def build_label_pipeline(ds, cfg: Config, *, hashes: dict[str, str]):
     ``vessels``, ``pseudo_labels``) and the model hashes (``vessel_model``, ``lesion_model``). Build it inside
     ``with_context(bounded_data_context(cfg.ray))``."""
     from dr_ray.pipelines.commit import task_retry_args
+    from dr_ray.pipelines.preprocess import decode_resources
 
     fov_margin = cfg.preprocess.fov_margin
     # max_retries on the CPU tasks: bounded (Ray Data's default retries an image that kills its worker forever),
     # and, being a task-only argument, it keeps Ray Data from fusing the decode into the model actor, where every
     # JPEG would be decoded on the actor's one CPU slot instead of on every core.
     ds = ds.map_batches(label_preprocess_batch, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
-                        num_cpus=cfg.ray.cpus_per_task, **task_retry_args(cfg.ray),
+                        num_cpus=cfg.ray.cpus_per_task, **decode_resources(cfg.preprocess), **task_retry_args(cfg.ray),
                         fn_kwargs={"cfg": cfg.preprocess, "cfg_hash": hashes[PRE], "threads": cfg.ray.cpus_per_task})
     if cfg.label.model_pools == "one":
         ds = _pool(ds, cfg.label, stages=(VES, LES), cfg=cfg, hashes=hashes)

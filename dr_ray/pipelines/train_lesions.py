@@ -19,13 +19,12 @@ import os
 
 from dr_ray.config import Config, to_dict
 from dr_ray.io import fs
-from dr_ray.pipelines.runtime import export_latest_checkpoint, init_ray, training_dir
+from dr_ray.pipelines.runtime import export_latest_checkpoint, init_ray, stage_dir, training_dir
 from dr_ray.training.lesion_data import (
     LesionRecord,
     lesion_data_hash,
     lesion_records_from_catalog,
     split_by_patient,
-    synthetic_lesion_records,
 )
 
 log = logging.getLogger(__name__)
@@ -34,12 +33,25 @@ RAY_RUN_NAME = "run"
 SYNTHETIC_GRADE = 3  # severe NPDR: every synthetic frame carries each lesion kind
 
 
+def synthetic_lesion_records(root: str, seeds, size: int, *, grade: int | None = None) -> list[LesionRecord]:
+    """One record per seed: ``make_fundus(seed, size, size, grade=grade)`` written as files under ``root``
+    (:func:`dr_ray.testing.write_synthetic_set`), every kind annotated, one patient each."""
+    from dr_ray.io import columns as C
+    from dr_ray.testing import write_synthetic_set
+
+    return [LesionRecord(r["image_id"], r["image_id"], r["path"], dict(r["lesion_mask_paths"]), C.LESION_KINDS,
+                         fov_mask_path=r["fov_mask_path"])
+            for r in write_synthetic_set(root, seeds, size, lesions=True, grade=grade)]
+
+
 def lesion_records(cfg: Config) -> list[LesionRecord]:
-    """Training records of ``cfg.train_lesions``: catalog rows with lesion masks, or synthetic frames."""
+    """Training records of ``cfg.train_lesions``: catalog rows with lesion masks, or synthetic frames (written as
+    files under ``<output.dir>/<train_lesions.name>/synthetic_data``)."""
     tl = cfg.train_lesions
     if not tl.datasets:
         seeds = [tl.seed * 100_003 + i for i in range(tl.synthetic_images)]
-        return synthetic_lesion_records(seeds, tl.synthetic_size, grade=SYNTHETIC_GRADE)
+        root = os.path.join(os.path.abspath(stage_dir(cfg.output.dir, tl.name)), "synthetic_data")
+        return synthetic_lesion_records(root, seeds, tl.synthetic_size, grade=SYNTHETIC_GRADE)
     from dr_ray.io.catalog import read_catalog
 
     records: list[LesionRecord] = []
@@ -86,4 +98,5 @@ def run_train_lesions(cfg: Config) -> dict:
     return summary
 
 
-__all__ = ["lesion_records", "run_train_lesions"]
+__all__ = ["lesion_records", "run_train_lesions", "synthetic_lesion_records"]
+

@@ -15,8 +15,9 @@ import logging
 import os
 
 from dr_ray.config import Config, to_dict
+from dr_ray.config.schema import VESSEL_FIELD_DEGREES, VESSEL_FIELD_DEGREES_BY_IMAGE
 from dr_ray.io import fs
-from dr_ray.pipelines.runtime import export_latest_checkpoint, init_ray, training_dir
+from dr_ray.pipelines.runtime import export_latest_checkpoint, init_ray, stage_dir, training_dir
 from dr_ray.training.data import VesselRecord, split_by_patient, train_data_hash
 
 log = logging.getLogger(__name__)
@@ -24,13 +25,23 @@ log = logging.getLogger(__name__)
 RAY_RUN_NAME = "run"
 
 
+def synthetic_vessel_records(root: str, seeds, size: int) -> list[VesselRecord]:
+    """One record per seed: ``make_fundus(seed, size, size, lesions=False)`` written as files under ``root``
+    (:func:`dr_ray.testing.write_synthetic_set`), one patient each."""
+    from dr_ray.testing import write_synthetic_set
+
+    return [VesselRecord(image_id=r["image_id"], patient_id=r["image_id"], path=r["path"],
+                         vessel_mask_path=r["vessel_mask_path"], fov_mask_path=r["fov_mask_path"])
+            for r in write_synthetic_set(root, seeds, size, lesions=False)]
+
+
 def vessel_records(cfg: Config) -> tuple[list[VesselRecord], list[str]]:
     """(records, ids skipped because they have no vessel or A/V mask) for ``cfg.train_vessels``."""
     tv = cfg.train_vessels
     if not tv.datasets:
-        return [VesselRecord(image_id=f"synthetic/{i:04d}", patient_id=f"synthetic/{i:04d}",
-                             synthetic_seed=tv.seed * 100_003 + i, synthetic_size=tv.synthetic_size)
-                for i in range(tv.synthetic_images)], []
+        seeds = [tv.seed * 100_003 + i for i in range(tv.synthetic_images)]
+        root = os.path.join(os.path.abspath(stage_dir(cfg.output.dir, tv.name)), "synthetic_data")
+        return synthetic_vessel_records(root, seeds, tv.synthetic_size), []
     from dr_ray.io.catalog import read_catalog
 
     records, skipped = [], []
@@ -42,7 +53,9 @@ def vessel_records(cfg: Config) -> tuple[list[VesselRecord], list[str]]:
         for row in result.table.to_pylist():
             rec = VesselRecord(image_id=row["image_id"], patient_id=row["patient_id"] or row["image_id"],
                                path=row["path"], vessel_mask_path=row.get("vessel_mask_path") or "",
-                               av_mask_path=row.get("av_mask_path") or "", fov_mask_path=row.get("fov_mask_path") or "")
+                               av_mask_path=row.get("av_mask_path") or "", fov_mask_path=row.get("fov_mask_path") or "",
+                               field_degrees=VESSEL_FIELD_DEGREES_BY_IMAGE.get(
+                                   row["image_id"], VESSEL_FIELD_DEGREES[dataset]))
             if rec.vessel_mask_path or rec.av_mask_path:
                 records.append(rec)
             else:
@@ -69,7 +82,7 @@ def run_train_vessels(cfg: Config) -> dict:
     # a missing or unreadable weight file fails here, before any worker starts; its sha256 goes into the metadata
     weight_file = check_weight_file(tv.pretrained_file) if tv.pretrained_file else None
     init_ray(cfg.ray)
-    result = fit(tv, train, val, storage_path=str(out / "ray"), name=RAY_RUN_NAME)
+    result = fit(tv, train, val, storage_path=str(out / "ray"), name=RAY_RUN_NAME, preprocess=cfg.preprocess)
     model_dir = out / "model"
     _, history = export_latest_checkpoint(
         result, model_dir, config=to_dict(cfg), data_hash=data_hash, build=lambda: mark_pretrained_file(
@@ -89,4 +102,4 @@ def run_train_vessels(cfg: Config) -> dict:
     return summary
 
 
-__all__ = ["run_train_vessels", "vessel_records"]
+__all__ = ["run_train_vessels", "synthetic_vessel_records", "vessel_records"]

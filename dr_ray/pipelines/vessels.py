@@ -10,10 +10,12 @@ settings and model processes only the images missing from both folders.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -211,20 +213,51 @@ def av_model_hash(path: str) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()[:12]
 
 
+def shipped_model_dir() -> Path:
+    """The vessel model shipped in the package (``dr_ray/vessels/data/vessel_model``: model.pt, metadata.json,
+    MODEL_CARD.md), used when ``vessels.model_dir`` is empty."""
+    return Path(str(resources.files("dr_ray.vessels").joinpath("data", "vessel_model")))
+
+
+def model_input_size(meta: dict, fov_margin: float) -> int:
+    """The model input side for a stored image whose FOV circle is ``size / (1 + fov_margin)`` wide, so that its
+    FOV is as wide as the model's training FOV (``train_vessels.fov_diameter`` in its metadata: one vessel scale;
+    EyePACS is taken as 45-degree), rounded to a multiple of 32; 0 (as stored) for a model trained without it."""
+    tv = (meta.get("config") or {}).get("train_vessels") or {}
+    d = int(tv.get("fov_diameter") or 0)
+    return max(32, round(d * (1.0 + fov_margin) / 32) * 32) if d > 0 else 0
+
+
+def resolve_vessels(v: VesselsConfig, fov_margin: float) -> VesselsConfig:
+    """``v`` with an empty ``model_dir`` replaced by :func:`shipped_model_dir` and ``input_size`` 0 by
+    :func:`model_input_size` of the model (the settings every vessels run, single stage or ``label``, uses)."""
+    from dr_ray.models import read_metadata
+
+    model_dir = v.model_dir or str(shipped_model_dir())
+    if not v.model_dir and not (Path(model_dir) / "model.pt").is_file():
+        raise FileNotFoundError(f"vessels.model_dir is empty and the shipped vessel model is missing from "
+                                f"{model_dir} (a broken install?): reinstall dr-ray, or train one with "
+                                f"`dr-ray train-vessels` and pass --set vessels.model_dir=<its model folder>")
+    check_model_dir(model_dir, "vessels.model_dir", "")
+    input_size = v.input_size or model_input_size(read_metadata(model_dir), fov_margin)
+    return dataclasses.replace(v, model_dir=model_dir, input_size=input_size)
+
+
 def run_vessels(cfg: Config) -> StageSummary:
-    """Segment, graph and measure every preprocessed image not done yet; write shards and a reconciled summary."""
-    v = cfg.vessels
-    model_hash = check_model_dir(v.model_dir, "vessels.model_dir",
-                                 "train a model with `dr-ray train-vessels` (it writes <output.dir>/train_vessels/"
-                                 "model) and pass --set vessels.model_dir=<that folder>")
-    cfg_hash = config_hash(result_settings(v, model_hash, av_model_hash(v.av_model)))
-    inp = v.input or stage_dir(cfg.output.dir, "preprocess")
+    """Segment, graph and measure every preprocessed image not done yet; write shards and a reconciled summary.
+    With ``vessels.model_dir`` empty the shipped model runs (:func:`resolve_vessels`)."""
+    inp = cfg.vessels.input or stage_dir(cfg.output.dir, "preprocess")
     fov_margin = preprocess_fov_margin(inp, "vessels.input")
+    v = resolve_vessels(cfg.vessels, fov_margin)
+    cfg = dataclasses.replace(cfg, vessels=v)
+    model_hash = check_model_dir(v.model_dir, "vessels.model_dir", "")
+    cfg_hash = config_hash(result_settings(v, model_hash, av_model_hash(v.av_model)))
     return run_model_stage(
         cfg, stage=STAGE, input_dir=inp, cfg_hash=cfg_hash, what="vessel settings or model",
         build=lambda ds: build_vessels_pipeline(ds, cfg, cfg_hash=cfg_hash, model_hash=model_hash,
                                                 fov_margin=fov_margin))
 
 
-__all__ = ["VesselSegmenter", "analyse_batch", "av_model_hash", "analyse_record", "build_vessels_pipeline", "encode_vessel_prob",
-           "result_settings", "run_vessels"]
+__all__ = ["VesselSegmenter", "analyse_batch", "av_model_hash", "analyse_record", "build_vessels_pipeline",
+           "encode_vessel_prob", "model_input_size", "resolve_vessels", "result_settings", "run_vessels",
+           "shipped_model_dir"]

@@ -6,6 +6,7 @@ Used by the demo (a generated EyePACS-layout sample) and by the tests of every i
 from dr_ray.testing.badfiles import BAD_FILE_KINDS, make_bad_files
 from dr_ray.testing.dataset import eyepacs_like_grades, write_eyepacs_like_dataset
 from dr_ray.testing.fundus import SyntheticFundus, encode_jpeg, make_fundus
+from dr_ray.testing.segmentation_sets import write_synthetic_set
 
 __all__ = [
     "BAD_FILE_KINDS",
@@ -15,4 +16,5 @@ __all__ = [
     "make_bad_files",
     "make_fundus",
     "write_eyepacs_like_dataset",
+    "write_synthetic_set",
 ]

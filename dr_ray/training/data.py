@@ -17,25 +17,28 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dr_ray.config.schema import PreprocessConfig
 from dr_ray.imaging.enhance import INPUT_MODES, vessel_input  # noqa: F401 - the model input, a pure image function
+from dr_ray.imaging.fov import crop_fov_mask, crop_to_fov
+from dr_ray.imaging.preprocess import preprocess_image
 from dr_ray.io import fs
+from dr_ray.training.transforms import PairedTransform, jitter_intensity
 
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class VesselRecord:
-    """Where one training image and its masks come from: files, or a synthetic frame (``synthetic_seed``)."""
+    """Where one training image and its masks come from (files; the synthetic sets are written as files too:
+    :func:`dr_ray.testing.write_synthetic_set`)."""
 
     image_id: str
     patient_id: str
-    path: str = ""  # RGB image (local path or URI); "" for synthetic
+    path: str = ""  # RGB image (local path or URI)
     vessel_mask_path: str = ""  # binary vessel mask; "" = use av_mask_path > 0
     av_mask_path: str = ""  # 0 background, 1 artery, 2 vein, 3 crossing
     fov_mask_path: str = ""  # "" = derived from the image (dr_ray.imaging.fov.fov_mask): CHASE_DB1, STARE
-    synthetic_seed: int = -1  # >= 0: draw dr_ray.testing.make_fundus(seed, size, size, lesions=False)
-    synthetic_size: int = 0
+    field_degrees: float = 45.0  # the camera's nominal field of view (config.schema.VESSEL_FIELD_DEGREES)
 
 
 @dataclass(frozen=True)
@@ -64,36 +67,77 @@ def _binary(mask: np.ndarray, name: str, path: str) -> np.ndarray:
     return mask > (mask.max() / 2 if mask.max() > 1 else 0)
 
 
-def load_vessel_image(rec: VesselRecord, *, scale: float = 1.0, input_mode: str = "rgb") -> VesselImage:
-    """Decode ``rec`` (or draw it), resize by ``scale`` (area for the image, nearest for the masks), then
-    turn the image into the model input ``input_mode`` (:func:`vessel_input`)."""
+def fov_diameter_px(fov: np.ndarray) -> float:
+    """Diameter of a (H, W) bool field of view, px: the wider of its row and column extents (a disc cut at the
+    top and bottom of the frame keeps its full width)."""
+    ys, xs = np.nonzero(fov)
+    if not len(ys):
+        raise ValueError("field of view is empty")
+    return float(max(xs.max() - xs.min(), ys.max() - ys.min()) + 1)
+
+
+def vessel_scale_factor(fov_px: float, fov_diameter: int, field_degrees: float = 45.0) -> float:
+    """Resize factor that brings an image whose FOV is ``fov_px`` wide (a ``field_degrees`` camera) to the vessel
+    scale of a 45-degree FOV ``fov_diameter`` px wide: equal px per degree of retina."""
+    if fov_px <= 0 or fov_diameter <= 0 or field_degrees <= 0:
+        raise ValueError(f"fov_px, fov_diameter, field_degrees must be > 0, got {fov_px}, {fov_diameter}, "
+                         f"{field_degrees}")
+    return fov_diameter * (field_degrees / 45.0) / fov_px
+
+
+def crop_like_stored(mask: np.ndarray, geom, size: int, margin: float) -> np.ndarray:
+    """(H, W) bool mask in source px -> (size, size) bool: the preprocess stage's FOV crop of it (``geom``: the
+    FOV circle in source px, as ``PreprocessResult.fov``), resized like the image and thresholded at half."""
+    rgb = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
+    return crop_to_fov(rgb, geom, size=size, margin=margin, mask_outside=False)[..., 0] > 127
+
+
+def as_stored(image: np.ndarray, mask: np.ndarray, fov: np.ndarray, data: bytes, pre: PreprocessConfig
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the preprocess stage stores for this image (``preprocess_image`` of its file ``data``: FOV crop at
+    ``pre.size``, CLAHE, ...), with the manual and FOV masks cropped alike (FOV: also inside the stored circle and
+    the source frame). Training on this is training on what ``dr-ray vessels`` is fed."""
+    res = preprocess_image(data, pre)
+    geom, size, margin = res.fov, pre.size, pre.fov_margin  # res.fov is in source px, as the masks are
+    fov = crop_like_stored(fov, geom, size, margin) & crop_fov_mask(geom, mask.shape, size=size, margin=margin)
+    return res.image, crop_like_stored(mask, geom, size, margin) & fov, fov
+
+
+def load_vessel_image(rec: VesselRecord, *, scale: float = 1.0, input_mode: str = "rgb",
+                      fov_diameter: int = 0, preprocess: PreprocessConfig | None = None) -> VesselImage:
+    """Decode ``rec`` (or draw it); with ``preprocess``, replace it by what the preprocess stage would store
+    (:func:`as_stored`); resize by ``scale`` or, when ``fov_diameter`` > 0, to that vessel scale
+    (:func:`vessel_scale_factor` of its FOV; area for the image, nearest for the masks), then turn the image
+    into the model input ``input_mode`` (:func:`vessel_input`)."""
     if input_mode not in INPUT_MODES:
         raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
-    if rec.synthetic_seed >= 0:
-        from dr_ray.testing import make_fundus
-
-        f = make_fundus(rec.synthetic_seed, rec.synthetic_size, rec.synthetic_size, lesions=False)
-        image, mask, fov = f.image, f.vessel_mask, f.fov_mask
+    if not rec.path:
+        raise ValueError(f"{rec.image_id}: record has no image path")
+    image = _decode(rec.path, "RGB")
+    if rec.vessel_mask_path:
+        mask = _binary(_decode(rec.vessel_mask_path, "L"), "vessel_mask_path", rec.vessel_mask_path)
+    elif rec.av_mask_path:
+        av = _decode(rec.av_mask_path, "L")
+        if av.ndim != 2 or av.max() > 3:
+            raise ValueError(f"av_mask_path {rec.av_mask_path}: expected labels 0..3, got max {av.max()}")
+        mask = av > 0
     else:
-        image = _decode(rec.path, "RGB")
-        if rec.vessel_mask_path:
-            mask = _binary(_decode(rec.vessel_mask_path, "L"), "vessel_mask_path", rec.vessel_mask_path)
-        elif rec.av_mask_path:
-            av = _decode(rec.av_mask_path, "L")
-            if av.ndim != 2 or av.max() > 3:
-                raise ValueError(f"av_mask_path {rec.av_mask_path}: expected labels 0..3, got max {av.max()}")
-            mask = av > 0
-        else:
-            raise ValueError(f"{rec.image_id}: neither vessel_mask_path nor av_mask_path is set")
-        if rec.fov_mask_path:
-            fov = _binary(_decode(rec.fov_mask_path, "L"), "fov_mask_path", rec.fov_mask_path)
-        else:  # datasets without FOV masks: the preprocess stage's detector (red channel above its threshold)
-            from dr_ray.imaging.fov import fov_mask
+        raise ValueError(f"{rec.image_id}: neither vessel_mask_path nor av_mask_path is set")
+    if rec.fov_mask_path:
+        fov = _binary(_decode(rec.fov_mask_path, "L"), "fov_mask_path", rec.fov_mask_path)
+    else:  # datasets without FOV masks: the preprocess stage's detector (red channel above its threshold)
+        from dr_ray.imaging.fov import fov_mask
 
-            fov = fov_mask(image)
+        fov = fov_mask(image)
     for name, m in (("vessel mask", mask), ("FOV mask", fov)):
         if m.shape != image.shape[:2]:
             raise ValueError(f"{rec.image_id}: {name} shape {m.shape} differs from the image's {image.shape[:2]}")
+    fov_px = None
+    if preprocess is not None:
+        image, mask, fov = as_stored(image, mask, fov, fs.read_bytes(rec.path), preprocess)
+        fov_px = preprocess.size / (1.0 + preprocess.fov_margin)  # the stored circle, as the vessels stage takes it
+    if fov_diameter:
+        scale = vessel_scale_factor(fov_px or fov_diameter_px(fov), fov_diameter, rec.field_degrees)
     if scale != 1.0:
         h, w = image.shape[:2]
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -105,9 +149,10 @@ def load_vessel_image(rec: VesselRecord, *, scale: float = 1.0, input_mode: str 
     return VesselImage(rec.image_id, np.ascontiguousarray(image, np.uint8), mask.astype(bool), fov.astype(bool))
 
 
-def load_vessel_images(records: Sequence[VesselRecord], *, scale: float = 1.0,
-                       input_mode: str = "rgb") -> list[VesselImage]:
-    return [load_vessel_image(r, scale=scale, input_mode=input_mode) for r in records]
+def load_vessel_images(records: Sequence[VesselRecord], *, scale: float = 1.0, input_mode: str = "rgb",
+                       fov_diameter: int = 0, preprocess: PreprocessConfig | None = None) -> list[VesselImage]:
+    return [load_vessel_image(r, scale=scale, input_mode=input_mode, fov_diameter=fov_diameter, preprocess=preprocess)
+            for r in records]
 
 
 def split_by_patient(records: Sequence[VesselRecord], *, val_fraction: float,
@@ -126,17 +171,14 @@ def split_by_patient(records: Sequence[VesselRecord], *, val_fraction: float,
 
 
 def train_data_hash(records: Sequence[VesselRecord]) -> str:
-    """sha256 of the sorted training image ids with their file sizes (synthetic: seed and size)."""
+    """sha256 of the sorted training image ids with their file sizes."""
     lines = []
     for r in sorted(records, key=lambda r: r.image_id):
-        if r.synthetic_seed >= 0:
-            sizes = [f"synthetic:{r.synthetic_seed}:{r.synthetic_size}"]
-        else:
-            sizes = []
-            for p in (r.path, r.vessel_mask_path, r.av_mask_path, r.fov_mask_path):
-                if p:
-                    filesystem, inner = fs.resolve(p)
-                    sizes.append(str(filesystem.get_file_info(inner).size))
+        sizes = []
+        for p in (r.path, r.vessel_mask_path, r.av_mask_path, r.fov_mask_path):
+            if p:
+                filesystem, inner = fs.resolve(p)
+                sizes.append(str(filesystem.get_file_info(inner).size))
         lines.append("\t".join([r.image_id, *sizes]))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
@@ -178,23 +220,12 @@ def pad_to_at_least(img: VesselImage, size: int) -> VesselImage:
 
 def augment(image: np.ndarray, mask: np.ndarray, fov: np.ndarray, rng: np.random.Generator
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random flips / rot90 (applied to all three) and brightness, contrast, gamma (image only).
+    """One :class:`PairedTransform` applied to all three, then :func:`jitter_intensity` of the image.
 
     image: (P, P, 3) float32 in 0..1; mask, fov: (P, P) bool. Returns the same shapes, image clipped to 0..1.
     """
-    k = int(rng.integers(4))
-    flip = bool(rng.integers(2))
-    arrays = []
-    for a in (image, mask, fov):
-        a = np.rot90(a, k, axes=(0, 1))
-        arrays.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
-    image, mask, fov = arrays
-    gamma = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-    contrast = float(rng.uniform(0.8, 1.2))
-    brightness = float(rng.uniform(-0.1, 0.1))
-    image = np.clip(image, 0.0, 1.0) ** gamma
-    image = (image - image.mean()) * contrast + image.mean() + brightness
-    return np.clip(image, 0.0, 1.0).astype(np.float32), mask, fov
+    t = PairedTransform.draw(rng)
+    return jitter_intensity(t(image), rng), t(mask), t(fov)
 
 
 def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

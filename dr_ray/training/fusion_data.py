@@ -26,6 +26,7 @@ import numpy as np
 
 from dr_ray.imaging import decode_lesion_maps, decode_png
 from dr_ray.io import columns as C
+from dr_ray.training.transforms import PairedTransform
 
 MODALITIES = ("image", "lesion", "graph", "stats")
 # What the image branch sees (train.image_input): the preprocessed (CLAHE) RGB image, the vessel stage's U-Net
@@ -179,15 +180,9 @@ def stats_vector(columns: Mapping[str, Sequence[Any]], spec: InputSpec) -> np.nd
     return np.concatenate([z, missing], axis=1)
 
 
-def _augment_params(rng: np.random.Generator) -> tuple[int, bool, float, float]:
-    # rot90 count, horizontal flip, contrast gain, brightness offset (in 0..255 units)
-    return int(rng.integers(4)), bool(rng.integers(2)), float(rng.uniform(0.85, 1.15)), float(rng.uniform(-15, 15))
-
-
-def _geometric(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """Rotate (H, W, ...) by k * 90 degrees, then flip left-right."""
-    a = np.rot90(a, k, axes=(0, 1))
-    return np.ascontiguousarray(a[:, ::-1] if flip else a)
+def _augment_params(rng: np.random.Generator) -> tuple[PairedTransform, float, float]:
+    # the geometric transform shared by the image and its maps, contrast gain, brightness offset (0..255 units)
+    return PairedTransform.draw(rng), float(rng.uniform(0.85, 1.15)), float(rng.uniform(-15, 15))
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
@@ -219,7 +214,7 @@ def decode_rows(rows: Mapping[str, Sequence[Any]], spec: InputSpec, *, augment: 
         "label": labels_for_task(list(rows[C.GRADE]), spec.task),
         "fold": np.asarray([(-1 if f is None else int(f)) for f in rows[C.FOLD]], np.int64),
     }
-    params = [_augment_params(rng) if augment else (0, False, 1.0, 0.0) for _ in range(n)]
+    params = [_augment_params(rng) if augment else (PairedTransform(), 1.0, 0.0) for _ in range(n)]
     images = np.empty((n, spec.image_size, spec.image_size, 3), np.uint8)
     column = IMAGE_INPUT_COLUMN[spec.image_input]
     rgb = spec.image_input == "clahe"
@@ -235,8 +230,8 @@ def decode_rows(rows: Mapping[str, Sequence[Any]], spec: InputSpec, *, augment: 
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"{ids[i]}: {column} has shape {img.shape}, expected (H, W, 3)"
                              + ("" if rgb else " or (H, W)"))
-        k, flip, gain, offset = params[i]
-        img = _geometric(_resize(img, spec.image_size), k, flip)
+        t, gain, offset = params[i]
+        img = t(_resize(img, spec.image_size))
         if augment and rgb:
             img = np.clip(img.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
         images[i] = img
@@ -253,8 +248,7 @@ def decode_rows(rows: Mapping[str, Sequence[Any]], spec: InputSpec, *, augment: 
             except ValueError as e:
                 raise ValueError(f"{ids[i]}: lesion_maps_png: {e}") from e
             m = np.stack([_resize(c, L) for c in m], axis=-1)  # (L, L, K)
-            k, flip, _, _ = params[i]
-            maps[i] = _geometric(m, k, flip).transpose(2, 0, 1)
+            maps[i] = params[i][0](m).transpose(2, 0, 1)
         out["lesion"] = maps
     if "graph" in spec.modalities:
         out["n_nodes"] = np.asarray(rows[C.N_NODES], np.int64)

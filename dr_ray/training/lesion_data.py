@@ -1,4 +1,4 @@
-"""Lesion-segmentation data, Ray-free: catalog rows or synthetic seeds -> in-memory images with one binary mask
+"""Lesion-segmentation data, Ray-free: records (catalog rows; files) -> in-memory images with one binary mask
 per lesion kind -> lesion-biased, augmented, normalised patch batches.
 
 Channel order is the caller's ``kinds`` (a subset of :data:`dr_ray.io.columns.LESION_KINDS`). Per image and kind,
@@ -41,7 +41,7 @@ ANNOTATED_KINDS: dict[str, tuple[str, ...]] = {
 __all__ = [
     "ANNOTATED_KINDS", "LesionImage", "LesionRecord", "augment_lesion_patch", "check_kinds", "lesion_data_hash",
     "lesion_patch_batches", "lesion_records_from_catalog", "load_lesion_image", "load_lesion_images",
-    "read_lesion_mask", "sample_lesion_patch_origins", "split_by_patient", "synthetic_lesion_records",
+    "read_lesion_mask", "sample_lesion_patch_origins", "split_by_patient",
 ]
 
 
@@ -62,7 +62,8 @@ def check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class LesionRecord:
-    """Where one training image and its lesion masks come from: files, or a synthetic frame (``synthetic_seed``).
+    """Where one training image and its lesion masks come from (files; the synthetic sets are written as files
+    too: :func:`dr_ray.testing.write_synthetic_set`).
 
     mask_paths: kind -> mask file (local path or URI); a kind mapped to None or left out has no file.
     annotated: kinds annotated for this image; one of them without a file is an empty mask, a kind not in it
@@ -71,13 +72,10 @@ class LesionRecord:
 
     image_id: str
     patient_id: str
-    path: str = ""  # RGB image (local path or URI); "" for synthetic
+    path: str = ""  # RGB image (local path or URI)
     mask_paths: Mapping[str, str | None] = field(default_factory=dict)
     annotated: tuple[str, ...] = ()
     fov_mask_path: str | None = None  # None: FOV from the image (dr_ray.imaging.fov.fov_mask)
-    synthetic_seed: int = -1  # >= 0: dr_ray.testing.make_fundus(seed, size, size, grade=synthetic_grade)
-    synthetic_size: int = 0
-    synthetic_grade: int | None = None  # None: drawn from the seed
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,12 +139,6 @@ def lesion_records_from_catalog(table: pa.Table | Sequence[Mapping], kinds: Sequ
         log.info("lesion records: %d of %d catalog rows have no lesion annotation for %s; skipped",
                  skipped, len(rows), ", ".join(kinds))
     return out
-
-
-def synthetic_lesion_records(seeds: Sequence[int], size: int, *, grade: int | None = None) -> list[LesionRecord]:
-    """One record per seed: ``make_fundus(seed, size, size, grade=grade)``, every kind annotated, one patient each."""
-    return [LesionRecord(f"synthetic/{s}", f"synthetic/{s}", annotated=C.LESION_KINDS, synthetic_seed=int(s),
-                         synthetic_size=int(size), synthetic_grade=grade) for s in seeds]
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -225,33 +217,26 @@ def load_lesion_image(rec: LesionRecord, kinds: Sequence[str] = C.LESION_KINDS, 
     if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
         raise ValueError(f"size must be a positive int or None, got {size!r}")
     fov: np.ndarray | None
-    if rec.synthetic_seed >= 0:
-        from dr_ray.testing import make_fundus
-
-        f = make_fundus(rec.synthetic_seed, rec.synthetic_size, rec.synthetic_size, grade=rec.synthetic_grade)
-        image, fov = f.image, f.fov_mask
-        masks = [f.lesion_masks[k] for k in kinds]
-    else:
-        if not rec.path:
-            raise ValueError(f"{rec.image_id}: record has neither an image path nor a synthetic seed")
-        image = _decode_rgb(rec.path)
-        masks = []
-        for k in kinds:
-            p = rec.mask_paths.get(k)
-            if not p:
-                masks.append(np.zeros(image.shape[:2], bool))
-                continue
-            m = read_lesion_mask(p)
-            if m.shape != image.shape[:2]:
-                raise ValueError(f"lesion mask {p}: size {_size_text(m.shape)} differs from its image {rec.path} "
-                                 f"({_size_text(image.shape)})")
-            masks.append(m)
-        fov = None
-        if rec.fov_mask_path:
-            fov = read_lesion_mask(rec.fov_mask_path)
-            if fov.shape != image.shape[:2]:
-                raise ValueError(f"FOV mask {rec.fov_mask_path}: size {_size_text(fov.shape)} differs from its "
-                                 f"image {rec.path} ({_size_text(image.shape)})")
+    if not rec.path:
+        raise ValueError(f"{rec.image_id}: record has no image path")
+    image = _decode_rgb(rec.path)
+    masks = []
+    for k in kinds:
+        p = rec.mask_paths.get(k)
+        if not p:
+            masks.append(np.zeros(image.shape[:2], bool))
+            continue
+        m = read_lesion_mask(p)
+        if m.shape != image.shape[:2]:
+            raise ValueError(f"lesion mask {p}: size {_size_text(m.shape)} differs from its image {rec.path} "
+                             f"({_size_text(image.shape)})")
+        masks.append(m)
+    fov = None
+    if rec.fov_mask_path:
+        fov = read_lesion_mask(rec.fov_mask_path)
+        if fov.shape != image.shape[:2]:
+            raise ValueError(f"FOV mask {rec.fov_mask_path}: size {_size_text(fov.shape)} differs from its "
+                             f"image {rec.path} ({_size_text(image.shape)})")
     if size is not None:
         h, w = image.shape[:2]
         scale = size / max(h, w)
@@ -267,7 +252,7 @@ def load_lesion_image(rec: LesionRecord, kinds: Sequence[str] = C.LESION_KINDS, 
 
         fov = fov_mask(image)
     if not fov.any():
-        raise ValueError(f"{rec.image_id}: no field of view found in {rec.path or 'the synthetic frame'}")
+        raise ValueError(f"{rec.image_id}: no field of view found in {rec.path}")
     stacked = np.stack(masks).astype(bool) if masks else np.zeros((0, *image.shape[:2]), bool)
     present = np.array([k in rec.annotated for k in kinds], bool)
     return LesionImage(rec.image_id, kinds, image, stacked, fov.astype(bool), present)
@@ -279,19 +264,16 @@ def load_lesion_images(records: Sequence[LesionRecord], kinds: Sequence[str] = C
 
 
 def lesion_data_hash(records: Sequence[LesionRecord]) -> str:
-    """sha256 of the sorted image ids with the sizes of their files (synthetic: seed, size and grade)."""
+    """sha256 of the sorted image ids with the sizes of their files."""
     lines = []
     for r in sorted(records, key=lambda r: r.image_id):
-        if r.synthetic_seed >= 0:
-            parts = [f"synthetic:{r.synthetic_seed}:{r.synthetic_size}:{r.synthetic_grade}"]
-        else:
-            parts = []
-            for p in (r.path, *(r.mask_paths.get(k) for k in sorted(r.mask_paths)), r.fov_mask_path):
-                if p:
-                    filesystem, inner = fs.resolve(p)
-                    parts.append(str(filesystem.get_file_info(inner).size))
-                else:
-                    parts.append("-")
+        parts = []
+        for p in (r.path, *(r.mask_paths.get(k) for k in sorted(r.mask_paths)), r.fov_mask_path):
+            if p:
+                filesystem, inner = fs.resolve(p)
+                parts.append(str(filesystem.get_file_info(inner).size))
+            else:
+                parts.append("-")
         lines.append("\t".join([r.image_id, ",".join(r.annotated), *parts]))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 def build_model(cfg: TrainVesselsConfig) -> torch.nn.Module:
     from dr_ray.models import create_model
 
+    if cfg.model == "compact_vessel_unet":
+        return create_model(cfg.model, channels=cfg.channels, dropout=cfg.dropout, input_size=cfg.patch_size,
+                            pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file or None)
     return create_model(cfg.model, encoder=cfg.encoder, pretrained=cfg.pretrained, input_size=cfg.patch_size,
                         decoder_channels=cfg.decoder_channels, pretrained_file=cfg.pretrained_file or None)
 
@@ -85,6 +88,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     cfg: TrainVesselsConfig = loop_config["cfg"]
+    pre = loop_config.get("preprocess") if cfg.stored_input else None  # PreprocessConfig of the stored images
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -100,8 +104,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     t0 = time.perf_counter()
     train_images = load_vessel_images(_shard(loop_config["train"], rank, world), scale=cfg.scale,
-                                      input_mode=cfg.input_mode)
-    val_images = load_vessel_images(loop_config["val"], scale=cfg.scale, input_mode=cfg.input_mode) if rank == 0 else []
+                                      input_mode=cfg.input_mode, fov_diameter=cfg.fov_diameter, preprocess=pre)
+    val_images = (load_vessel_images(loop_config["val"], scale=cfg.scale, input_mode=cfg.input_mode,
+                                     fov_diameter=cfg.fov_diameter, preprocess=pre) if rank == 0 else [])
     log.info("rank %d: %d training, %d validation images loaded in %.1f s", rank, len(train_images),
              len(val_images), time.perf_counter() - t0)
     loss_fn = DiceBCELoss()
@@ -192,13 +197,16 @@ def run_trainer(loop_fn, loop_config: dict, *, num_workers: int, use_gpu: bool, 
 
 
 def fit(cfg: TrainVesselsConfig, train: Sequence[VesselRecord], val: Sequence[VesselRecord], *,
-        storage_path: str, name: str, keep_checkpoints: int = 2):
+        storage_path: str, name: str, keep_checkpoints: int = 2, preprocess=None):
     """Vessel training run (see :func:`run_trainer`); ``.checkpoint`` of the result = the latest epoch.
 
     (A resnet18 U-Net checkpoint with AdamW state is ~170 MB: 100 epochs of them would be 17 GB, hence
     ``keep_checkpoints``.)
     """
-    return run_trainer(train_loop_per_worker, {"cfg": cfg, "train": list(train), "val": list(val)},
+    if cfg.stored_input and preprocess is None:
+        raise ValueError("train_vessels.stored_input=true needs the PreprocessConfig of the stored images")
+    return run_trainer(train_loop_per_worker, {"cfg": cfg, "train": list(train), "val": list(val),
+                                               "preprocess": preprocess},
                        num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=storage_path, name=name,
                        keep_checkpoints=keep_checkpoints)
 

@@ -116,3 +116,28 @@ def test_vessel_input_modes_match_the_training_code():
     from dr_ray.imaging.enhance import INPUT_MODES
 
     assert VESSEL_INPUT_MODES == INPUT_MODES
+
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["preprocess.decode_device=gpu"], "preprocess.decode_device='gpu': must be 'cpu' or 'cuda'"),
+        (["preprocess.decode_device=cuda"], "preprocess.decode_gpus_per_task=0.0: must be > 0 with "
+                                            "preprocess.decode_device=cuda"),
+        (["preprocess.decode_device=cuda", "preprocess.decode_gpus_per_task=9"],
+         "preprocess.decode_gpus_per_task=9.0: must be in 0..8"),
+        (["preprocess.decode_gpus_per_task=-0.5"], "preprocess.decode_gpus_per_task=-0.5: must be in 0..8"),
+    ],
+)
+def test_decode_device_settings_are_checked(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert fragment in str(e.value)
+
+
+def test_cuda_decode_config_loads_and_changes_the_preprocess_hash():
+    cfg = load_config(None, ["preprocess.decode_device=cuda", "preprocess.decode_gpus_per_task=0.25"])
+    assert (cfg.preprocess.decode_device, cfg.preprocess.decode_gpus_per_task) == ("cuda", 0.25)
+    assert Config().preprocess.decode_device == "cpu" and Config().preprocess.decode_gpus_per_task == 0.0
+    # nvJPEG's pixels differ slightly from libjpeg's: a resumed run must not mix the two
+    assert config_hash(cfg.preprocess) != config_hash(Config().preprocess)

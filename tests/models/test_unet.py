@@ -128,3 +128,28 @@ def test_tiny_unet_overfits_8_synthetic_fundus_images():
         pred = (torch.sigmoid(m(x)) > 0.5).float()
     dice = (2 * (pred * y).sum() / (pred.sum() + y.sum())).item()
     assert dice > 0.8, f"eval Dice {dice:.3f}"
+
+
+def test_compact_vessel_unet_full_resolution_small_and_rebuildable(tmp_path):
+    from dr_ray.models import load_model_dir, save_model_dir
+
+    torch.manual_seed(0)
+    m = create_model("compact_vessel_unet", input_size=64)
+    n = sum(p.numel() for p in m.parameters())
+    assert 300_000 < n < 1_000_000  # ~2 MB of float32: small enough to ship in the package
+    x = torch.randn(2, 3, 64, 96)
+    y = m(x)
+    assert y.shape == (2, 1, 64, 96)
+    y.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    with pytest.raises(ValueError, match="not divisible by 8"):
+        m(torch.randn(1, 3, 60, 64))
+    with pytest.raises(ValueError, match="no published pretrained weights"):
+        create_model("compact_vessel_unet", pretrained=True)
+    with pytest.raises(ValueError, match="channels"):
+        create_model("compact_vessel_unet", channels=[16])
+    m.eval()
+    loaded, meta = load_model_dir(save_model_dir(m, tmp_path / "m", config={}, train_data_hash=None))
+    assert meta["spec"]["kwargs"]["channels"] == [16, 32, 64, 128]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), m(x))

@@ -119,22 +119,29 @@ def test_rows_equal_direct_computation_bad_rows_quarantined_counts_reconcile(pre
     assert sum(r[C.N_EDGES] for r in rows.values()) > 0
 
 
-def test_model_input_mode_and_input_size_are_applied_as_in_training(preprocessed, tmp_path):
-    """A model trained on green-channel CLAHE input at another scale: the actor resizes to vessels.input_size,
-    applies the input mode named in the model's metadata, and stores probabilities at the stored size."""
+@pytest.mark.parametrize("scale_from", ["config", "model"])
+def test_model_input_mode_and_input_size_are_applied_as_in_training(preprocessed, tmp_path, scale_from):
+    """A model trained on green-channel CLAHE input at another scale: the actor resizes to vessels.input_size (set,
+    or derived from the training FOV diameter in the model's metadata), applies the input mode named there, and
+    stores probabilities at the stored size."""
     import cv2
     import torch
 
     from dr_ray.models import create_model, save_model_dir
+    from dr_ray.pipelines.inference import preprocess_fov_margin
     from dr_ray.pipelines.vessels import run_vessels
     from dr_ray.training import predict_image
     from dr_ray.imaging.enhance import vessel_input
 
     torch.manual_seed(2)
     m = create_model("vessel_unet", encoder="mobilenetv3_small_100", decoder_channels=(16, 16, 16, 16, 16)).eval()
-    mdir = save_model_dir(m, tmp_path / "green_model", config={"train_vessels": {"input_mode": "green_clahe"}},
-                          train_data_hash=None)
-    summary = run_vessels(_cfg(preprocessed, mdir, tmp_path, "vessels.input_size=96"))
+    margin = preprocess_fov_margin(str(preprocessed), "vessels.input")
+    # a 45-degree FOV 92 px wide at training; the stored FOV is 128 / (1 + margin) px: resized to 92 (1 + margin)
+    train_cfg = {"input_mode": "green_clahe", **({"fov_diameter": 92} if scale_from == "model" else {})}
+    assert round(92 * (1 + margin) / 32) * 32 == 96
+    mdir = save_model_dir(m, tmp_path / "green_model", config={"train_vessels": train_cfg}, train_data_hash=None)
+    extra = ["vessels.input_size=96"] if scale_from == "config" else []
+    summary = run_vessels(_cfg(preprocessed, mdir, tmp_path, *extra))
     assert summary.written == 6 and summary.reconciles
     pre = {r[C.IMAGE_ID]: r for r in _read(preprocessed).to_pylist()}
     for r in _read(tmp_path / "vessels").filter(pc.equal(pc.field(C.STATUS), "ok")).to_pylist():
@@ -175,8 +182,12 @@ def test_rerun_is_a_no_op_and_changed_settings_or_model_are_refused(preprocessed
 def test_missing_model_or_input_are_clear_errors(preprocessed, model_dir, tmp_path):
     from dr_ray.pipelines.vessels import run_vessels
 
-    with pytest.raises(ValueError, match="vessels.model_dir is empty"):
-        run_vessels(_cfg(preprocessed, model_dir, tmp_path, "vessels.model_dir="))
+    from dr_ray.pipelines import vessels as vs
+
+    with pytest.MonkeyPatch.context() as mp:  # an install without the shipped model: say so, name the fix
+        mp.setattr(vs, "shipped_model_dir", lambda: tmp_path / "no_shipped_model")
+        with pytest.raises(FileNotFoundError, match="shipped vessel model is missing.*train-vessels"):
+            run_vessels(_cfg(preprocessed, model_dir, tmp_path, "vessels.model_dir="))
     with pytest.raises(FileNotFoundError, match="model.pt not found"):
         run_vessels(_cfg(preprocessed, tmp_path / "nope", tmp_path))
     with pytest.raises(FileNotFoundError, match="run `dr-ray preprocess` first"):
@@ -243,3 +254,28 @@ def test_partial_and_crashed_runs_resumed_equal_a_clean_run(preprocessed, model_
                 assert np.array_equal(np.asarray(x, float), np.asarray(y, float), equal_nan=True), name
             else:
                 assert x == y or (x != x and y != y), (name, x, y)
+
+
+def test_empty_model_dir_runs_the_shipped_model_at_its_vessel_scale(preprocessed, tmp_path):
+    """No training step: vessels.model_dir empty = the model in dr_ray/vessels/data/vessel_model, a few MB with its
+    card, run at the input size its training FOV asks for; every row carries its hash."""
+    from dr_ray.models import artifact_hash, read_metadata
+    from dr_ray.pipelines.inference import preprocess_fov_margin
+    from dr_ray.pipelines.vessels import model_input_size, run_vessels, shipped_model_dir
+
+    shipped = shipped_model_dir()
+    assert (shipped / "model.pt").stat().st_size < 5 * 2**20
+    card = (shipped.parent / "MODEL_CARD.md").read_text()  # one card: vessel model, A/V classifier, disc detector
+    for must in ("DRIVE", "LES-AV", "HRF", "licen", "train-vessels", "Dice"):
+        assert must in card, must
+    meta = read_metadata(shipped)
+    assert meta["spec"]["name"] == "compact_vessel_unet" and meta["train_data_hash"]
+    margin = preprocess_fov_margin(str(preprocessed), "vessels.input")
+    assert model_input_size(meta, margin) == round(meta["config"]["train_vessels"]["fov_diameter"] * (1 + margin)
+                                                   / 32) * 32
+    summary = run_vessels(_cfg(preprocessed, shipped, tmp_path, "vessels.model_dir="))
+    assert summary.written == 6 and summary.reconciles
+    rows = _read(tmp_path / "vessels").filter(pc.equal(pc.field(C.STATUS), "ok")).to_pylist()
+    assert rows and {r[C.MODEL_HASH] for r in rows} == {artifact_hash(shipped)}
+    saved = load_config(str(tmp_path / "vessels" / "config.yaml"), [])
+    assert saved.vessels.model_dir == str(shipped) and saved.vessels.input_size == model_input_size(meta, margin)

@@ -23,8 +23,14 @@ from dr_ray.training.lesion_data import (
     read_lesion_mask,
     sample_lesion_patch_origins,
     split_by_patient,
-    synthetic_lesion_records,
 )
+
+
+def synthetic_lesion_records(root, seeds, size, *, grade=None):
+    """make_fundus frames written as files under ``root`` (dr_ray.testing.write_synthetic_set)."""
+    from dr_ray.pipelines.train_lesions import synthetic_lesion_records as records
+
+    return records(str(root), seeds, size, grade=grade)
 
 
 def _frame(path: Path, w: int, h: int) -> str:
@@ -149,8 +155,8 @@ def test_upscaling_uses_nearest(tmp_path: Path):
     assert np.argwhere(im.masks[0]).tolist() == [[40, 60], [40, 61], [41, 60], [41, 61]]
 
 
-def test_synthetic_records_carry_make_fundus_masks():
-    (rec,) = synthetic_lesion_records([3], 128, grade=3)
+def test_synthetic_records_carry_make_fundus_masks(tmp_path):
+    (rec,) = synthetic_lesion_records(tmp_path, [3], 128, grade=3)
     f = make_fundus(3, 128, 128, grade=3)
     im = load_lesion_image(rec, C.LESION_KINDS)
     assert np.array_equal(im.image, f.image) and np.array_equal(im.fov, f.fov_mask)
@@ -169,8 +175,8 @@ def test_black_frame_without_fov_is_an_error(tmp_path: Path):
         load_lesion_image(LesionRecord("x", "x", image, {}, ("ma",)), ("ma",))
 
 
-def test_kinds_and_size_are_checked():
-    rec = synthetic_lesion_records([0], 64)[0]
+def test_kinds_and_size_are_checked(tmp_path):
+    rec = synthetic_lesion_records(tmp_path, [0], 64)[0]
     with pytest.raises(ValueError, match="unknown lesion kind 'cws'"):
         load_lesion_image(rec, ("ma", "cws"))
     with pytest.raises(ValueError, match="repeated kind"):
@@ -219,7 +225,7 @@ def test_records_from_catalog_annotation_rules():
 
 
 def test_split_by_patient_and_hash_accept_lesion_records(tmp_path: Path):
-    recs = synthetic_lesion_records(range(8), 64)
+    recs = synthetic_lesion_records(tmp_path / "set", range(8), 64)
     train, val = split_by_patient(recs, val_fraction=0.25, seed=1)
     assert len(val) == 2 and not {r.patient_id for r in train} & {r.patient_id for r in val}
     assert lesion_data_hash(recs) == lesion_data_hash(recs[::-1]) != lesion_data_hash(recs[:7])
@@ -314,8 +320,8 @@ def test_lesion_patch_batches_shapes_values_and_present():
                                   std=(1,) * 3, rng=np.random.default_rng(0)))
 
 
-def test_synthetic_end_to_end_batches_contain_lesions():
-    records = synthetic_lesion_records([5, 6], 256, grade=3)
+def test_synthetic_end_to_end_batches_contain_lesions(tmp_path):
+    records = synthetic_lesion_records(tmp_path, [5, 6], 256, grade=3)
     images = [load_lesion_image(r, ("ma", "he", "ex"), size=128) for r in records]
     assert all(im.masks.any(axis=(1, 2)).all() for im in images)
     batches = list(lesion_patch_batches(images, patch=32, patches_per_image=40, batch_size=16, mean=(0.5,) * 3,

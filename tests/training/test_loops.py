@@ -25,9 +25,10 @@ def _model(size=64):
     return create_model("vessel_unet", encoder="resnet18", input_size=size, decoder_channels=SMALL_DECODER)
 
 
-def test_loop_learns_synthetic_vessels():
-    images = load_vessel_images([VesselRecord(f"s{i}", f"s{i}", synthetic_seed=i, synthetic_size=128)
-                                 for i in range(4)])
+def test_loop_learns_synthetic_vessels(tmp_path):
+    from dr_ray.pipelines.train_vessels import synthetic_vessel_records
+
+    images = load_vessel_images(synthetic_vessel_records(str(tmp_path), range(4), 128))
     model = _model()
     before = evaluate(model, images, mean=model.spec.mean, std=model.spec.std)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
