@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._bench_util import cpu_model  # noqa: E402
-from dr_ray.training.stats import bootstrap_metrics  # noqa: E402
+from dr_ray.training.stats_bootstrap import bootstrap_metrics  # noqa: E402
 
 
 def sample(rng: np.random.Generator, n_patients: int):

@@ -76,10 +76,11 @@ def one(which: str, root: Path, old_rev: str) -> dict:
         read_cols = {C.IMAGE_ID, *C.CATALOG_COLUMNS, C.IMAGE_PNG, C.SIZE,
                      *[c for s in stages for c in mod.STAGE_COLUMNS[s]]}
     else:
-        from dr_ray.pipelines import fusion_data as mod
+        from dr_ray.pipelines import fusion_data as fd
+        from dr_ray.pipelines import fusion_join as mod
 
         read_cols = {C.IMAGE_ID, *C.CATALOG_COLUMNS, C.CONFIG_HASH, C.SIZE,
-                     *[c for s in stages for c in mod.STAGE_COLUMNS[s] if c not in mod._BULKY]}
+                     *[c for s in stages for c in fd.STAGE_COLUMNS[s] if c not in fd.BULKY]}
     import dr_ray.training.fusion_data  # noqa: F401 - its torch/cv2 imports are not the join's memory
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
     python benchmarks/bench_lesions_synthetic.py [--model lesion_unet] [--encoder ""] [--train 24] [--test 12]
         [--size 384] [--patch 128] [--epochs 30] [--threads 2] [--json OUT]
 
-Trains with the project's Ray-free pieces (``lesion_patch_batches`` -> ``train_one_epoch`` with ``LesionLoss``;
+Trains with the project's Ray-free pieces (``lesion_patch_batches`` -> ``train_segmentation_epoch`` with ``LesionLoss``;
 the same ones the Ray Train worker runs) on ``--train`` synthetic frames (``make_fundus``, grade 3 so that every
 lesion kind is drawn), then scores whole held-out frames (other seeds, never seen) inside the FOV with
 ``LesionMeter``: AUPR (the IDRiD challenge metric) and Dice at 0.5 per lesion kind. Issue 4 target: AUPR >= 0.6
@@ -51,8 +51,8 @@ def main() -> int:
     from dr_ray.training.lesion_data import lesion_patch_batches, load_lesion_images
     from dr_ray.training.lesion_losses import LesionLoss
     from dr_ray.training.lesion_metrics import LesionMeter
-    from dr_ray.training.loops import train_one_epoch
-    from dr_ray.training.ray_train import lesion_batches
+    from dr_ray.training.segmentation import train_segmentation_epoch
+    from dr_ray.training.segmentation import lesion_batches
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def main() -> int:
         rng = np.random.default_rng([0, epoch])
         batches = lesion_patch_batches(train, patch=args.patch, patches_per_image=args.patches_per_image,
                                        batch_size=args.batch, mean=spec.mean, std=spec.std, rng=rng)
-        r = train_one_epoch(model, lesion_batches(batches), opt, loss_fn, "cpu")
+        r = train_segmentation_epoch(model, lesion_batches(batches), opt, loss_fn, "cpu")
         sched.step()
         print(f"epoch {epoch + 1}/{args.epochs}: loss {r['loss']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     train_s = time.perf_counter() - t0

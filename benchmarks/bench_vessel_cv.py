@@ -10,7 +10,7 @@ shared 2-core machine two single-threaded processes lose far less to contention 
 threads); each writes ``results_folds0-1.json`` etc. and ``--report-only`` merges them.
 
 Each fold trains a fresh ``vessel_unet`` (dr_ray.models registry, random init) on the other images with the
-project's loops (``patch_batches`` -> ``train_one_epoch`` with ``DiceBCELoss``, AdamW, cosine decay per epoch),
+project's loops (``patch_batches`` -> ``train_segmentation_epoch`` with ``DiceBCELoss``, AdamW, cosine decay per epoch),
 then scores every held-out image on its whole FOV at DRIVE's original 565 x 584 scale with ``SegmentationMeter``
 (Dice, sensitivity, specificity, accuracy, AUC). The threshold is 0.5 and, separately, the one that maximises
 pooled Dice on the fold's own training images (never the held-out ones). Folds: ``sklearn.KFold`` over the
@@ -63,7 +63,7 @@ from dr_ray.training import (  # noqa: E402
     patch_batches,
     predict_image,
     train_data_hash,
-    train_one_epoch,
+    train_segmentation_epoch,
 )
 from dr_ray.training.ray_train import build_model  # noqa: E402
 
@@ -155,7 +155,7 @@ def run_fold(fold: int, held_out: list[str], records, cfg, args, cross_images: d
                                 batch_size=tv.batch_size, mean=spec.mean, std=spec.std, rng=rng,
                                 fov_bias=tv.fov_bias)
         lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(model, batches, optimizer, loss_fn, "cpu")
+        train = train_segmentation_epoch(model, batches, optimizer, loss_fn, "cpu")
         scheduler.step()
         row = {"epoch": epoch + 1, "loss": round(train["loss"], 4), "steps": int(train["steps"]),
                "lr": lr, "seconds": round(time.perf_counter() - t0, 1)}

@@ -10,7 +10,7 @@ mask resized with INTER_AREA when shrinking, INTER_LINEAR when enlarging, then >
 FOV mask the same way). FD is also compared on the 20 DRIVE masks at their native size.
 
 Ours (one image): ``vessel_graph(mask, image=image)`` + ``global_biomarkers(mask, graph, fov, image=image)``
-(skeleton, skan path graph, pruning, calibres, tortuosity, curvature, node GLCM, density, FD, branch points,
+(skeleton, skan path graph, pruning, calibers, tortuosity, curvature, node GLCM, density, FD, branch points,
 tortuosity, GLCM over the vasculature).
 Baseline (``--baseline-rev``): the same two calls from ``dr_ray/vessels`` at that git revision (loaded from
 ``git show`` into a private package; without image GLCM in global_biomarkers, which it did not have).
@@ -56,7 +56,7 @@ from benchmarks._bench_util import cpu_model, pin_one_core  # noqa: E402
 
 from dr_ray.vessels.biomarkers import global_biomarkers
 from dr_ray.vessels.fractal import box_counting_fd
-from dr_ray.vessels.graph import vessel_graph
+from dr_ray.vessels.graph_build import vessel_graph
 
 DEFAULT_DATA = Path(os.environ.get("DR_RAY_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -48,9 +48,9 @@ from dr_ray.vessels.av import (  # noqa: E402
     segment_features,
     smooth_av_logits,
 )
-from dr_ray.vessels.graph import vessel_graph  # noqa: E402
+from dr_ray.vessels.graph_build import vessel_graph  # noqa: E402
 from dr_ray.vessels.optic_disc import detect_optic_disc  # noqa: E402
-from dr_ray.vessels.zone import zone_calibres  # noqa: E402
+from dr_ray.vessels.zone import zone_calibers  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("DR_RAY_SHARED_DATA", REPO.parent / "shared" / "data"))
 DEFAULT_OUT = REPO / "dr_ray" / "vessels" / "data" / "av_classifier.json"
@@ -127,7 +127,7 @@ def prepare(data: Path) -> tuple[dict, dict]:
         t2 = time.perf_counter()
         segs[key] = dict(x=x.astype(np.float64), y=g.av_label.astype(np.int64), length=g.arc_length_px,
                          links=av_links(g))
-        if is_test(key):  # kept for the zone calibres of the held-out images
+        if is_test(key):  # kept for the zone calibers of the held-out images
             segs[key].update(graph=g, mask=mask, disc=disc)
         discs[key] = (disc, t2 - t1, 2.0 * np.sqrt(fov.sum() / np.pi))
         print(f"{key}: {g.n_edges} segments ({np.count_nonzero(g.av_label > 0)} labelled), graph+features "
@@ -149,7 +149,7 @@ def _score(clf: AVClassifier, s: dict) -> dict[str, float]:
     truth = s["y"][keep] == 2
     w = s["length"][keep]
     ok_raw, ok_sm = (logit[keep] >= 0) == truth, (smooth[keep] >= 0) == truth
-    thick = s["x"][keep, FEATURE_NAMES.index("width_rel")] >= 1.0  # at least the image's median calibre
+    thick = s["x"][keep, FEATURE_NAMES.index("width_rel")] >= 1.0  # at least the image's median caliber
     return {"seg": ok_raw.mean(), "len": np.average(ok_raw, weights=w),
             "seg_smooth": ok_sm.mean(), "len_smooth": np.average(ok_sm, weights=w),
             "thick_smooth": ok_sm[thick].mean() if thick.any() else np.nan, "n": int(keep.sum())}
@@ -241,8 +241,8 @@ def zone_table(segs: dict, clf: AVClassifier) -> list[str]:
         g, mask, disc = s["graph"], s["mask"], s["disc"]
         p = np.clip(clf.predict_proba(s["x"])[:, 1], 1e-9, 1 - 1e-9)
         pred = np.where(smooth_av_logits(np.log(p / (1 - p)), s["links"], strength=SMOOTHING) >= 0, 2, 1)
-        z_true = zone_calibres(g, disc, mask=mask)
-        z_pred = zone_calibres(dataclasses.replace(g, av_label=pred.astype(np.int8)), disc, mask=mask)
+        z_true = zone_calibers(g, disc, mask=mask)
+        z_pred = zone_calibers(dataclasses.replace(g, av_label=pred.astype(np.int8)), disc, mask=mask)
         row = [f"{fmt(z_true[f'{n}_knudtson_um'])} / {fmt(z_pred[f'{n}_knudtson_um'])}" for n in ("crae", "crve")]
         avr = f"{fmt(z_true['avr_knudtson'], 2)} / {fmt(z_pred['avr_knudtson'], 2)}"
         lines.append(f"| {k} | {'yes' if disc.found else 'no'} | {row[0]} | {row[1]} | {avr} |")
@@ -252,7 +252,7 @@ def zone_table(segs: dict, clf: AVClassifier) -> list[str]:
 def _table(res: dict[str, dict]) -> list[str]:
     lines = ["| dataset | test images | segments | accuracy (segments) | accuracy (length-weighted) | "
              "+ graph smoothing (segments) | + graph smoothing (length-weighted) | + smoothing, segments >= median "
-             "calibre |",
+             "caliber |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     names = {"drive": "DRIVE (RITE)", "les": "LES-AV", "hrf": "HRF-AV"}
     for ds, r in res.items():
@@ -303,7 +303,7 @@ def report(ev: dict, disc: dict, syn: dict, zone: list[str], command: str, out_p
         "",
         "### CRAE / CRVE / AVR on the held-out images: true vs predicted A/V labels",
         "",
-        "`zone_calibres(graph, detect_optic_disc(image, fov), mask=manual mask)`, Knudtson big-6, um scale from "
+        "`zone_calibers(graph, detect_optic_disc(image, fov), mask=manual mask)`, Knudtson big-6, um scale from "
         "the detected disc (1800 um assumed): the same manual-mask graph with the RITE/HRF-AV/LES-AV labels vs the "
         "shipped model's smoothed labels.",
         "",

@@ -36,7 +36,9 @@ def ray_cluster():
     if started:
         # the dashboard serves the state API, through which Ray Train's PlacementGroupCleaner sees that a
         # killed controller (a trial stopped by ASHA, a job whose driver died) is gone and frees its CPUs
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
+        # address="local": always a cluster of the suite's own, never one already running on the machine (a user's
+        # `ray start`, another test session), which ray.init() would otherwise join
+        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # a 2.60 local cluster asks its clients for the token it wrote

@@ -106,7 +106,8 @@ def test_cpu_task_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    mods = "dr_ray.pipelines.label_steps, dr_ray.pipelines.preprocess, dr_ray.pipelines.vessels, dr_ray.pipelines.commit"
+    mods = ("dr_ray.pipelines.label_steps, dr_ray.pipelines.preprocess, dr_ray.pipelines.vessels, "
+            "dr_ray.pipelines.commit, dr_ray.pipelines.commit_stream")
     code = (f"import sys, {mods}; from dr_ray.pipelines.vessels import analyse_record, encode_vessel_prob; "
             "print(','.join(m for m in ('torch', 'timm', 'torch_geometric') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -227,3 +228,13 @@ def test_the_private_import_checker_sees_violations(tmp_path):
         ("dr_ray/b/dotted.py", "dr_ray.a.helpers", "_x"),
         ("dr_ray/b/parent.py", "dr_ray.a.helpers", "_x"),
     }
+
+
+# training/: the loop and its epochs are Ray-free; these adapters are the only modules that touch Ray
+RAY_ADAPTERS = {"dr_ray/training/ray_train.py", "dr_ray/training/ray_fusion.py", "dr_ray/training/tune.py"}
+
+
+def test_only_the_ray_adapters_of_training_import_ray():
+    found = sorted(str(p.relative_to(PKG.parent)) for p in (PKG / "training").rglob("*.py")
+                   if any(m.split(".")[0] == "ray" for m in _imports(p)))
+    assert found and set(found) <= RAY_ADAPTERS, f"Ray imported outside the adapters: {sorted(set(found) - RAY_ADAPTERS)}"

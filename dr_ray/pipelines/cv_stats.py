@@ -76,8 +76,8 @@ def referable_score(labels: np.ndarray, probs: np.ndarray, referable_from: int =
 
 def pooled_summary(oof: pa.Table, *, n_boot: int, seed: int, confidence: float = 0.95) -> dict:
     """Pooled out-of-fold metrics with patient-level percentile bootstrap intervals (see
-    :func:`dr_ray.training.stats.bootstrap_metrics`) of an :func:`oof_table`."""
-    from dr_ray.training.stats import bootstrap_metrics
+    :func:`dr_ray.training.stats_bootstrap.bootstrap_metrics`) of an :func:`oof_table`."""
+    from dr_ray.training.stats_bootstrap import bootstrap_metrics
 
     ids, labels, probs, folds, patients = _arrays(oof)
     if not len(ids):
@@ -91,7 +91,7 @@ def pooled_summary(oof: pa.Table, *, n_boot: int, seed: int, confidence: float =
 def fold_metrics(oof: pa.Table) -> list[dict]:
     """Per outer test fold: :func:`classification_metrics` of its images, undefined values as None, labelled."""
     from dr_ray.training.classification_metrics import classification_metrics
-    from dr_ray.training.loops import finite_or_none
+    from dr_ray.training.fit import finite_or_none
 
     _, labels, probs, folds, _ = _arrays(oof)
     out = []
@@ -120,7 +120,7 @@ def compare_with_baseline(ours: list[dict], baseline_dir: Path, metrics: Sequenc
     independent, the paired patient-level bootstrap of the AUC difference (``n_boot`` resamples, ``seed``).
     ``ours``: our per-fold rows (metric values and ``train_images`` / ``test_images`` or ``val_images``).
     """
-    from dr_ray.training.stats import compare_folds
+    from dr_ray.training.stats_paired import compare_folds
 
     path = baseline_dir / CV_FILE
     if not path.is_file():
@@ -154,7 +154,8 @@ def delong_on_oof(ours: pa.Table, theirs: pa.Table, *, confidence: float = 0.95,
                   seed: int = 0) -> dict:
     """DeLong's test of our pooled out-of-fold AUC against the baseline's, on the images both scored, with the
     paired patient-level bootstrap of the difference under ``patient_bootstrap`` (n_boot 0: not run)."""
-    from dr_ray.training.stats import bootstrap_auc_difference, delong_test
+    from dr_ray.training.stats_bootstrap import bootstrap_auc_difference
+    from dr_ray.training.stats_paired import delong_test
 
     ids_a, la, pa_, _, patients = _arrays(ours)
     ids_b, lb, pb, _, _ = _arrays(theirs)

@@ -13,12 +13,44 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 
 from dr_ray.config import Config
-from dr_ray.pipelines.runtime import stage_dir, use_local_ray_train_settings
+from dr_ray.io import fs
+from dr_ray.pipelines.runtime import set_quiet_console, stage_dir, use_local_ray_train_settings
 
 log = logging.getLogger(__name__)
+
+
+class _ConsoleFilter(logging.Filter):
+    """On a quiet console: warnings and errors from anyone, and the demo's own stage lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name == __name__
+
+
+def quiet_demo_console(output_dir: str) -> str | None:
+    """When stderr is not a terminal (CI, ``make demo > log``, ``ray job submit``'s log): no Ray Data progress
+    bars, no worker output on the console, only the demo's stage lines and warnings there; every INFO record
+    goes to ``<output.dir>/demo.log`` instead. Returns that log's path, or None on a terminal (output as usual,
+    with progress bars) or when the output folder is not local."""
+    if sys.stderr.isatty():
+        return None
+    set_quiet_console(True)
+    root = logging.getLogger()
+    for h in root.handlers:
+        if not any(isinstance(f, _ConsoleFilter) for f in h.filters):
+            h.addFilter(_ConsoleFilter())
+    out = stage_dir(output_dir, "")
+    if fs.is_uri(out):
+        return None
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "demo.log")
+    fh = logging.FileHandler(path)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(fh)
+    return path
 
 
 def _fmt(v) -> str:
@@ -36,10 +68,14 @@ def run_demo(cfg: Config) -> dict:
 
     if not cfg.ray.address and "RAY_ADDRESS" not in os.environ:  # a laptop run: it starts its own local Ray
         use_local_ray_train_settings()
+    log_file = quiet_demo_console(cfg.output.dir)
+    if log_file:
+        log.info("demo: quiet console (not a terminal); the full log is in %s", log_file)
     lines: list[str] = []
     times: dict[str, float] = {}
 
     def timed(name, fn, *a):
+        log.info("demo: %s ...", name)
         t0 = time.perf_counter()
         out = fn(*a)
         times[name] = time.perf_counter() - t0
@@ -76,4 +112,4 @@ def run_demo(cfg: Config) -> dict:
             "output": stage_dir(cfg.output.dir, "")}
 
 
-__all__ = ["run_demo"]
+__all__ = ["quiet_demo_console", "run_demo"]

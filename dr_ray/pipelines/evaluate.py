@@ -148,7 +148,7 @@ def predict_fold(cfg: Config, model_dir: str, fold: int, out: str) -> dict:
     import ray
 
     from dr_ray.models import read_metadata
-    from dr_ray.pipelines.fusion_data import rows_dataset
+    from dr_ray.pipelines.fusion_read import rows_dataset
     from dr_ray.training.fusion_data import InputSpec
 
     e = cfg.evaluate
@@ -188,7 +188,7 @@ def run_evaluate(cfg: Config) -> dict:
     from dr_ray.report.stats_tables import (comparison_rows, delong_rows, fold_mean_rows, patient_level_line,
                                             pooled_rows, selection_rows)
     from dr_ray.training.classification_metrics import classification_metrics, cv_summary
-    from dr_ray.training.stats import bootstrap_metrics
+    from dr_ray.training.stats_bootstrap import bootstrap_metrics
 
     e = cfg.evaluate
     if e.dataset:

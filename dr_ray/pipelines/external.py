@@ -40,7 +40,7 @@ def run_external_evaluate(cfg: Config) -> dict:
     from dr_ray.report.stats_tables import patient_level_line, pooled_rows
     from dr_ray.training.classification_metrics import classification_metrics
     from dr_ray.training.fusion_data import labels_for_task
-    from dr_ray.training.stats import bootstrap_metrics
+    from dr_ray.training.stats_bootstrap import bootstrap_metrics
 
     e = cfg.evaluate
     pred_dir = fs.join(resolve_path(e.dataset, "evaluate.dataset"), cfg.predict.name)

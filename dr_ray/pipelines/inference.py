@@ -17,7 +17,9 @@ from dr_ray.config import Config, dump_yaml
 from dr_ray.imaging import ImageDecodeError, decode_png
 from dr_ray.io import columns as C
 from dr_ray.io import fs
-from dr_ray.pipelines.runtime import StageSummary, check_resumable, finish_stage, init_ray, scan_outputs, stage_dir
+from dr_ray.pipelines.reconcile import StageSummary, check_resumable, finish_stage
+from dr_ray.pipelines.runtime import init_ray, stage_dir
+from dr_ray.pipelines.scan import scan_outputs
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +165,7 @@ def map_actor_pool(ds, actor_cls: type, section, *, constructor_kwargs: dict, ra
     is retried at most ``ray.max_task_retries`` times (Ray Data's default: forever)."""
     import ray
 
-    from dr_ray.pipelines.commit import actor_retry_args
+    from dr_ray.pipelines.commit_stream import actor_retry_args
 
     return ds.map_batches(
         actor_cls,
@@ -187,7 +189,7 @@ def map_model_actor(ds, actor_cls: type, section, *, model_hash: str, ray_cfg=No
 
 def read_input_index(input_dir: str) -> pa.Table:
     """Catalog columns of the preprocess stage's ``status=ok`` rows (no image bytes): a model stage's input rows."""
-    from dr_ray.pipelines.runtime import read_committed
+    from dr_ray.pipelines.scan import read_committed
 
     ok_dir = fs.join(input_dir, f"{C.STATUS}={C.STATUS_OK}")
     if not fs.is_dir(ok_dir):
@@ -227,12 +229,14 @@ def check_model_dir(model_dir: str, key: str, how: str) -> str:
 def run_model_stage(cfg: Config, *, stage: str, input_dir: str, cfg_hash: str, what: str,
                     build: Callable) -> StageSummary:
     """Preprocessed rows not done yet -> ``build(ds)`` -> commits under ``<output.dir>/<stage>/status=*/`` (one
-    writer: :class:`~dr_ray.pipelines.commit.StageLease`); refuses a rerun with other settings (``what`` names
+    writer: :class:`~dr_ray.pipelines.lease.StageLease`); refuses a rerun with other settings (``what`` names
     them) or other input rows before writing anything; returns the reconciled summary."""
     import ray
 
-    from dr_ray.pipelines.commit import StageLease, bounded_data_context, run_commits, with_context
-    from dr_ray.pipelines.runtime import check_shared_storage, committed_paths
+    from dr_ray.pipelines.commit_stream import bounded_data_context, run_commits, with_context
+    from dr_ray.pipelines.lease import StageLease
+    from dr_ray.pipelines.runtime import check_shared_storage
+    from dr_ray.pipelines.scan import committed_paths
 
     inputs = read_input_index(input_dir)
     out = stage_dir(cfg.output.dir, stage)

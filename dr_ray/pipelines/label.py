@@ -30,7 +30,7 @@ catalog, before anything is written; an image is processed when any of its three
 missing rows are written (an image whose preprocess row is stored but whose model rows are not is decoded again:
 preprocessing is deterministic, so it is the stored image). A row quarantined by preprocess is never sent to the
 models. Counts: preprocess rows in = catalog rows; model-stage rows in = preprocess ``status=ok`` rows; each
-reconciles as written + quarantined (:func:`dr_ray.pipelines.runtime.finish_stage`).
+reconciles as written + quarantined (:func:`dr_ray.pipelines.reconcile.finish_stage`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ from dr_ray.pipelines.label_steps import (
     commit_label_batch,
     ids_in,
 )
-from dr_ray.pipelines.runtime import StageSummary, blocks_of, init_ray, stage_dir, total_cpus
+from dr_ray.pipelines.reconcile import StageSummary
+from dr_ray.pipelines.runtime import blocks_of, init_ray, stage_dir, total_cpus
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +112,18 @@ def run_label(cfg: Config) -> dict[str, StageSummary]:
     ``pseudo_labels``)."""
     import ray
 
-    from dr_ray.pipelines.commit import (
-        StageLease,
+    from dr_ray.pipelines.commit_stream import (
         StreamStalled,
         bounded_data_context,
         consume,
         task_retry_args,
         with_context,
     )
+    from dr_ray.pipelines.lease import StageLease
     from dr_ray.pipelines.label_recovery import recover_missing
-    from dr_ray.pipelines.runtime import (
-        check_resumable,
-        check_shared_storage,
-        finish_stage,
-        read_committed,
-        release_retryable,
-        scan_outputs,
-    )
+    from dr_ray.pipelines.reconcile import check_resumable, finish_stage, release_retryable
+    from dr_ray.pipelines.runtime import check_shared_storage
+    from dr_ray.pipelines.scan import read_committed, scan_outputs
 
     from dr_ray.pipelines.vessels import resolve_vessels
 

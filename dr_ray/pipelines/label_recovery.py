@@ -1,5 +1,5 @@
 """``dr-ray label``'s second pass, after the stream: the images it did not commit in every stage folder they
-needed run again in isolated Ray tasks (:func:`dr_ray.pipelines.commit.isolate_missing`: a few at a time, a
+needed run again in isolated Ray tasks (:func:`dr_ray.pipelines.commit_stream.isolate_missing`: a few at a time, a
 group whose worker dies split in two, then one by one). Why an image can be left over: its task or actor call
 died ``ray.max_task_retries`` + 1 times (a native crash, the OOM killer, a lost node; Ray Data then drops the
 block instead of retrying forever), or the stream stalled for ``ray.no_progress_timeout_s`` (a hung image).
@@ -44,7 +44,7 @@ def still_missing(plan: pa.Table, paths: dict[str, str]) -> pa.Table:
     """The rows of ``plan`` (catalog columns + ``_todo_*`` flags) whose image still lacks a row it was planned
     to get, with the flags narrowed to the stages it lacks (none where the folder holds the row now; no model
     stage where its preprocess row is now quarantined)."""
-    from dr_ray.pipelines.runtime import scan_outputs
+    from dr_ray.pipelines.scan import scan_outputs
 
     ids = plan.column(C.IMAGE_ID).combine_chunks()
     scans = {s: scan_outputs(paths[s], remove_incomplete=False) for s in STAGES}
@@ -108,8 +108,8 @@ def quarantine_isolated(ids: list[str], reason: str, *, plan: pa.Table, cfg: Con
 
 def recover_missing(plan: pa.Table, cfg: Config, *, hashes: dict, paths: dict[str, str], run_id: str) -> dict:
     """Run the images of ``plan`` that the stream left without a planned row in isolated tasks; returns
-    :func:`~dr_ray.pipelines.commit.isolate_missing`'s counts (all zero when nothing was left)."""
-    from dr_ray.pipelines.commit import Isolation, isolate_missing
+    :func:`~dr_ray.pipelines.commit_stream.isolate_missing`'s counts (all zero when nothing was left)."""
+    from dr_ray.pipelines.commit_stream import Isolation, isolate_missing
     from dr_ray.pipelines.preprocess import decode_resources
 
     left = still_missing(plan, paths)

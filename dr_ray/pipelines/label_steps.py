@@ -241,7 +241,7 @@ def build_label_pipeline(ds, cfg: Config, *, hashes: dict[str, str]):
     until the stream is consumed). ``hashes``: the config hashes of the three stages (keys ``preprocess``,
     ``vessels``, ``pseudo_labels``) and the model hashes (``vessel_model``, ``lesion_model``). Build it inside
     ``with_context(bounded_data_context(cfg.ray))``."""
-    from dr_ray.pipelines.commit import task_retry_args
+    from dr_ray.pipelines.commit_stream import task_retry_args
     from dr_ray.pipelines.preprocess import decode_resources
 
     fov_margin = cfg.preprocess.fov_margin

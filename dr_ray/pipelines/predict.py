@@ -1,7 +1,7 @@
 """``dr-ray predict``: a train run's fold models as one ensemble over any processed dataset.
 
 The dataset is this config's ``output.dir``: its ``preprocess/`` (and, when the model needs them, ``vessels/`` and
-``pseudo_labels/``) folders, joined by :func:`dr_ray.pipelines.fusion_data.build_fusion_data` exactly as ``train``
+``pseudo_labels/``) folders, joined by :func:`dr_ray.pipelines.fusion_join.build_fusion_data` exactly as ``train``
 joins them, except that an image without a grade is predicted too (``require_grade=False``). The train run is
 ``predict.run_dir`` (its ``cv.json`` names the fold models). Every fold model scores every image; per image:
 
@@ -37,7 +37,8 @@ import pyarrow.compute as pc
 from dr_ray.config import Config, dump_yaml
 from dr_ray.io import columns as C
 from dr_ray.io import fs
-from dr_ray.pipelines.runtime import StageSummary, init_ray, resolve_path, stage_dir
+from dr_ray.pipelines.reconcile import StageSummary
+from dr_ray.pipelines.runtime import init_ray, resolve_path, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +228,15 @@ def run_predict(cfg: Config) -> StageSummary:
     returns the reconciled summary (also ``<output.dir>/<predict.name>/summary.json``)."""
     import ray
 
-    from dr_ray.pipelines.commit import (StageLease, actor_retry_args, bounded_data_context, commit_tables,
-                                         run_commits, with_context)
-    from dr_ray.pipelines.fusion_data import build_fusion_data, rows_dataset, stages_for
-    from dr_ray.pipelines.runtime import check_resumable, check_shared_storage, finish_stage, scan_outputs
+    from dr_ray.pipelines.commit import commit_tables
+    from dr_ray.pipelines.commit_stream import actor_retry_args, bounded_data_context, run_commits, with_context
+    from dr_ray.pipelines.fusion_data import stages_for
+    from dr_ray.pipelines.fusion_join import build_fusion_data
+    from dr_ray.pipelines.fusion_read import rows_dataset
+    from dr_ray.pipelines.lease import StageLease
+    from dr_ray.pipelines.reconcile import check_resumable, finish_stage
+    from dr_ray.pipelines.runtime import check_shared_storage
+    from dr_ray.pipelines.scan import scan_outputs
 
     p = cfg.predict
     ens = load_ensemble(p.run_dir)
@@ -312,7 +318,7 @@ def _read_index(path: str, status: str, columns: list[str]) -> pa.Table:
 def read_predictions(path: str) -> tuple[pa.Table, dict]:
     """The committed prediction rows (both statuses, one per image id) of a predict folder and its
     ``predict.json``; FileNotFoundError naming the folder when predict has not finished there."""
-    from dr_ray.pipelines.runtime import read_committed
+    from dr_ray.pipelines.scan import read_committed
 
     info_path = fs.join(path, INFO_FILE)
     if not fs.exists(info_path):

@@ -23,16 +23,9 @@ from dr_ray.io import fs
 from dr_ray.io.catalog import problems_table, write_catalog
 from dr_ray.pipelines.catalog import build_catalog
 from dr_ray.faults import maybe_inject
-from dr_ray.pipelines.runtime import (
-    StageSummary,
-    blocks_of,
-    check_resumable,
-    finish_stage,
-    init_ray,
-    scan_outputs,
-    stage_dir,
-    total_cpus,
-)
+from dr_ray.pipelines.reconcile import StageSummary, check_resumable, finish_stage
+from dr_ray.pipelines.runtime import blocks_of, init_ray, stage_dir, total_cpus
+from dr_ray.pipelines.scan import scan_outputs
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +176,7 @@ def decode_resources(cfg: PreprocessConfig) -> dict:
 
 def build_preprocess_pipeline(ds, cfg: Config):
     """Catalog dataset -> preprocessed dataset (lazy; nothing runs until it is written)."""
-    from dr_ray.pipelines.commit import task_retry_args
+    from dr_ray.pipelines.commit_stream import task_retry_args
 
     return ds.map_batches(
         preprocess_batch,
@@ -220,21 +213,22 @@ def _quarantine(ids: list[str], reason: str, *, table: pa.Table, cfg_hash: str) 
 
 def run_preprocess(cfg: Config) -> StageSummary:
     """Build the catalog, preprocess every image not done yet, commit shards exactly once (one writer per
-    stage folder: :class:`~dr_ray.pipelines.commit.StageLease`), write a reconciled summary."""
+    stage folder: :class:`~dr_ray.pipelines.lease.StageLease`), write a reconciled summary."""
     import functools
 
     import ray
 
-    from dr_ray.pipelines.commit import (
+    from dr_ray.pipelines.commit_stream import (
         Isolation,
-        StageLease,
         StreamStalled,
         bounded_data_context,
         isolate_missing,
         run_commits,
         with_context,
     )
-    from dr_ray.pipelines.runtime import check_shared_storage, release_retryable
+    from dr_ray.pipelines.lease import StageLease
+    from dr_ray.pipelines.reconcile import release_retryable
+    from dr_ray.pipelines.runtime import check_shared_storage
 
     out = stage_dir(cfg.output.dir, STAGE)
     cfg_hash = preprocess_hash(cfg.preprocess)

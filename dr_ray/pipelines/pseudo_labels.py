@@ -26,7 +26,8 @@ from dr_ray.pipelines.inference import (
     preprocess_fov_margin,
     run_model_stage,
 )
-from dr_ray.pipelines.runtime import StageSummary, stage_dir
+from dr_ray.pipelines.reconcile import StageSummary
+from dr_ray.pipelines.runtime import stage_dir
 
 log = logging.getLogger(__name__)
 

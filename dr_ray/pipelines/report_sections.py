@@ -32,7 +32,7 @@ def thumbnail(png: bytes, size: int = 192) -> np.ndarray:
 
 def image_rows(fusion_ok_dir: str, ids: list[str], columns: list[str]) -> dict[str, list]:
     """The joined rows of ``ids`` (a handful, for Grad-CAM and thumbnails), in the order of ``ids``."""
-    from dr_ray.pipelines.fusion_data import read_rows
+    from dr_ray.pipelines.fusion_read import read_rows
 
     suffix = f"/{C.STATUS}={C.STATUS_OK}"  # the index folder holds status=ok/; big columns come from the stages
     rows = read_rows(fusion_ok_dir[: -len(suffix)] if fusion_ok_dir.endswith(suffix) else fusion_ok_dir,
@@ -113,7 +113,7 @@ def plots_section(report, plots_dir: Path, *, labels: np.ndarray, probs: np.ndar
     if len(labels):
         names = REFERABLE_NAMES if n_classes == 2 else GRADE_NAMES
         plots["confusion.png"] = confusion_matrix_png(labels, probs.argmax(1), list(names),
-                                                      title="Confusion matrix (pooled)", normalize=True)
+                                                      title="Confusion matrix (pooled)", normalise=True)
         plots["calibration.png"] = calibration_png(labels, probs, title="Calibration (pooled)")
         plots["entropy.png"] = histogram_png(entropy, bins=20, title="Predictive entropy (MC dropout)",
                                              xlabel="entropy (nats)", marks={"max": float(np.log(n_classes))})
@@ -157,7 +157,7 @@ def uncertain_section(report, plots_dir: Path, *, ids: list[str], entropy: np.nd
 
 
 SAMPLE_MAPS = 4  # images with vessel / disc / lesion panels in a report (the first Grad-CAM images)
-# biomarkers shown per sample image (the stats token's features and the zone calibres)
+# biomarkers shown per sample image (the stats token's features and the zone calibers)
 SAMPLE_BIOMARKERS = ("vessel_density", "fractal_dimension", "branch_points", "mean_tortuosity", "crae_parr_hubbard_um",
                      "crve_parr_hubbard_um", "avr_parr_hubbard", "crae_n_vessels", "crve_n_vessels", "glcm_contrast",
                      "glcm_entropy")

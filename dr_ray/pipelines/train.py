@@ -39,7 +39,9 @@ import pyarrow.compute as pc
 from dr_ray.config import Config, to_dict
 from dr_ray.io import columns as C
 from dr_ray.io.folds import inner_split, patient_level
-from dr_ray.pipelines.fusion_data import FusionData, build_fusion_data, fold_datasets, read_index, stages_for
+from dr_ray.pipelines.fusion_data import FusionData, stages_for
+from dr_ray.pipelines.fusion_join import build_fusion_data
+from dr_ray.pipelines.fusion_read import fold_datasets, read_index
 from dr_ray.pipelines.runtime import init_ray, stage_dir, training_dir
 from dr_ray.training.fusion_data import InputSpec, class_weights, labels_for_task, stats_normalisation
 
@@ -122,7 +124,8 @@ def export_fold_model(result, t, spec: InputSpec, model_dir: Path, *, cfg: Confi
     ``weight_file``: the ``train.pretrained_file`` training started from (its sha256 goes into the metadata)."""
     from dr_ray.models import save_model_dir
     from dr_ray.models.pretrained import mark_pretrained_file
-    from dr_ray.training.ray_fusion import build_classifier, load_best
+    from dr_ray.training.fit import load_best
+    from dr_ray.training.ray_fusion import build_classifier
 
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {result.path} finished without a checkpoint")

@@ -70,7 +70,7 @@ def vessel_records(cfg: Config) -> tuple[list[VesselRecord], list[str]]:
 def run_train_vessels(cfg: Config) -> dict:
     """Train (or resume) the vessel model; returns {"final": last epoch's metrics, "history", "model_dir", ...}."""
     from dr_ray.models.pretrained import check_weight_file, mark_pretrained_file
-    from dr_ray.training.ray_train import build_model, fit
+    from dr_ray.training.ray_train import build_model, fit_vessels
 
     tv = cfg.train_vessels
     out = training_dir(cfg, tv.name, "train-vessels")
@@ -82,7 +82,7 @@ def run_train_vessels(cfg: Config) -> dict:
     # a missing or unreadable weight file fails here, before any worker starts; its sha256 goes into the metadata
     weight_file = check_weight_file(tv.pretrained_file) if tv.pretrained_file else None
     init_ray(cfg.ray)
-    result = fit(tv, train, val, storage_path=str(out / "ray"), name=RAY_RUN_NAME, preprocess=cfg.preprocess)
+    result = fit_vessels(tv, train, val, storage_path=str(out / "ray"), name=RAY_RUN_NAME, preprocess=cfg.preprocess)
     model_dir = out / "model"
     _, history = export_latest_checkpoint(
         result, model_dir, config=to_dict(cfg), data_hash=data_hash, build=lambda: mark_pretrained_file(

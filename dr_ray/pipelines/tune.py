@@ -30,8 +30,10 @@ import yaml
 from dr_ray.config import Config, to_dict
 from dr_ray.config.schema import TrainConfig
 from dr_ray.io import columns as C
-from dr_ray.pipelines.fusion_data import FusionData, build_fusion_data, fold_datasets, read_index, stages_for
-from dr_ray.pipelines.runtime import init_ray, training_dir
+from dr_ray.pipelines.fusion_data import FusionData, stages_for
+from dr_ray.pipelines.fusion_join import build_fusion_data
+from dr_ray.pipelines.fusion_read import fold_datasets, read_index
+from dr_ray.pipelines.runtime import init_ray, quiet_console, training_dir
 from dr_ray.io.folds import patient_level
 from dr_ray.pipelines.train import NestedSplit, fold_spec, nested_split
 from dr_ray.training.fusion_data import class_weights, labels_for_task
@@ -167,7 +169,8 @@ def run_tune(cfg: Config) -> dict:
                 # seeded random search; the concurrency limit goes here (Tune ignores max_concurrent_trials when a
                 # BasicVariantGenerator is passed)
                 search_alg=BasicVariantGenerator(random_state=tc.seed, max_concurrent=tc.max_concurrent)),
-            run_config=ray.tune.RunConfig(storage_path=str(out), name=EXPERIMENT, callbacks=callbacks or None),
+            run_config=ray.tune.RunConfig(storage_path=str(out), name=EXPERIMENT, callbacks=callbacks or None,
+                                          verbose=0 if quiet_console() else None),
         )
     results = tuner.fit()
     errors = [str(e) for e in results.errors]

@@ -113,10 +113,10 @@ def pr_curve_png(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str
 
 
 def confusion_matrix_png(labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix",
-                         normalize: bool = True, *, dpi: int = 100) -> bytes:
-    """Confusion matrix (rows: true class, columns: predicted), each cell with its count and, with ``normalize``, row %.
+                         normalise: bool = True, *, dpi: int = 100) -> bytes:
+    """Confusion matrix (rows: true class, columns: predicted), each cell with its count and, with ``normalise``, row %.
 
-    labels, preds: (N,) int in 0..C-1 with C = len(class_names). With ``normalize`` the colours are the row
+    labels, preds: (N,) int in 0..C-1 with C = len(class_names). With ``normalise`` the colours are the row
     fractions (recall per true class) and an empty row shows counts only; without, the colours are counts.
     """
     if isinstance(class_names, str) or not isinstance(class_names, Sequence) or len(class_names) < 2:
@@ -130,18 +130,18 @@ def confusion_matrix_png(labels: np.ndarray, preds: np.ndarray, class_names: Seq
     cm = confusion_matrix(y, p, labels=np.arange(c))
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
-    shown = frac if normalize else cm
+    shown = frac if normalise else cm
     side = 1.2 + 0.75 * c
     fig = _new_figure(side + 1.0, side)
     ax = fig.add_subplot()
-    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(int(cm.max()), 1))
-    fig.colorbar(im, ax=ax, shrink=0.8, label="row fraction" if normalize else "count")
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalise else max(int(cm.max()), 1))
+    fig.colorbar(im, ax=ax, shrink=0.8, label="row fraction" if normalise else "count")
     for i in range(c):
         for j in range(c):
             text = f"{cm[i, j]}"
-            if normalize and rows[i, 0] > 0:
+            if normalise and rows[i, 0] > 0:
                 text += f"\n{100 * frac[i, j]:.1f}%"
-            dark = shown[i, j] > 0.5 * (1 if normalize else max(int(cm.max()), 1))
+            dark = shown[i, j] > 0.5 * (1 if normalise else max(int(cm.max()), 1))
             ax.text(j, i, text, ha="center", va="center", fontsize="small", color="white" if dark else "black")
     names = [str(n) for n in class_names]
     long_names = max(map(len, names)) > 4

@@ -36,7 +36,7 @@ def patient_level_line(cv: Mapping) -> str:
 
 def pooled_rows(metrics: Mapping[str, Mapping], keys: Sequence[str], floatfmt: str = ".3f", *,
                 split: str = "pooled out-of-fold") -> list[dict]:
-    """One row per metric of :func:`~dr_ray.training.stats.bootstrap_metrics` output: estimate, CI and how;
+    """One row per metric of :func:`~dr_ray.training.stats_bootstrap.bootstrap_metrics` output: estimate, CI and how;
     ``split`` names the predictions the metrics come from."""
     rows = []
     for k in keys:
@@ -73,7 +73,7 @@ def fold_mean_rows(summary: Mapping[str, Mapping], keys: Sequence[str], floatfmt
 
 
 def comparison_rows(metrics: Mapping[str, Mapping], floatfmt: str = ".3f") -> list[dict]:
-    """One row per metric of :func:`~dr_ray.training.stats.compare_folds` output (corrected t, Wilcoxon)."""
+    """One row per metric of :func:`~dr_ray.training.stats_paired.compare_folds` output (corrected t, Wilcoxon)."""
     rows = []
     for m, r in metrics.items():
         w = r.get("wilcoxon") or {}

@@ -1,4 +1,5 @@
-"""Ray-free training loops, data and metrics; ``ray_train.py`` (imported on its own) is the only Ray part.
+"""Training: one Ray-free loop (``fit.py``), the segmentation and classification epochs, data and metrics;
+``ray_train.py``, ``ray_fusion.py`` and ``tune.py`` (imported on their own) are the only Ray parts.
 
 The names below are re-exported lazily (PEP 562): every Ray Train worker and Ray Data task that unpickles a function
 of a ``dr_ray.training`` submodule imports this package first, and eager re-exports would pull scikit-learn and
@@ -15,7 +16,7 @@ if TYPE_CHECKING:  # what the lazy re-export below provides, for type checkers a
                                       patch_batches, sample_patch_origins, split_by_patient, train_data_hash)
     from dr_ray.training.lesion_losses import LesionLoss
     from dr_ray.training.lesion_metrics import LesionMeter
-    from dr_ray.training.loops import evaluate, predict_image, train_one_epoch
+    from dr_ray.training.segmentation import evaluate_vessels, predict_image, train_segmentation_epoch
     from dr_ray.training.losses import DiceBCELoss
     from dr_ray.training.metrics import SegmentationMeter, segmentation_metrics
 
@@ -25,7 +26,7 @@ _EXPORTS = {
     "dr_ray.training.lesion_losses": ("LesionLoss",),
     "dr_ray.training.lesion_metrics": ("LesionMeter",),
     "dr_ray.training.losses": ("DiceBCELoss",),
-    "dr_ray.training.loops": ("evaluate", "predict_image", "train_one_epoch"),
+    "dr_ray.training.segmentation": ("evaluate_vessels", "predict_image", "train_segmentation_epoch"),
     "dr_ray.training.metrics": ("SegmentationMeter", "segmentation_metrics"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

@@ -1,12 +1,12 @@
-"""Classifier training and prediction loops, Ray-free: they take any iterable of :func:`collate` batches.
+"""The classification epoch and prediction, Ray-free: they take any iterable of :func:`collate` batches.
 
-``dr_ray.training.ray_fusion`` wraps them with Ray Train (data shards, DDP, reports, checkpoints); tests and the
-evaluation stage call them directly.
+:func:`dr_ray.training.fit.fit` runs the epoch (``dr_ray.training.ray_fusion`` on Ray Train workers: data shards,
+DDP, reports, checkpoints); tests and the evaluation stage call them directly. The segmentation epoch is
+:mod:`dr_ray.training.segmentation`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -15,40 +15,7 @@ import torch
 from torch import nn
 
 from dr_ray.training.fusion_data import to_device
-from dr_ray.training.loops import autocast
-
-
-class EarlyStopping:
-    """Stop after ``patience`` epochs without a new minimum of the monitored value (the validation loss, as in the
-    paper's 4.2); ``patience`` 0 never stops. ``step(value)`` returns True when ``value`` is a new best."""
-
-    def __init__(self, patience: int) -> None:
-        if patience < 0:
-            raise ValueError(f"patience must be >= 0, got {patience}")
-        self.patience = patience
-        self.best = math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
-
-    def step(self, value: float, epoch: int) -> bool:
-        if not math.isfinite(value):
-            raise FloatingPointError(f"monitored value is {value} at epoch {epoch}")
-        if value < self.best:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict:
-        return {"patience": self.patience, "best": self.best, "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, d: Mapping[str, Any]) -> None:
-        self.best, self.best_epoch, self.bad_epochs = float(d["best"]), int(d["best_epoch"]), int(d["bad_epochs"])
+from dr_ray.training.fit import autocast
 
 
 class _Timed:
@@ -69,9 +36,10 @@ class _Timed:
             self.wait_s += time.perf_counter() - t0
 
 
-def train_epoch(model: nn.Module, batches: Iterable[Mapping[str, Any]], optimizer: torch.optim.Optimizer,
-                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device | str, *,
-                mean: Sequence[float], std: Sequence[float], amp: bool = False) -> dict[str, float]:
+def train_classifier_epoch(model: nn.Module, batches: Iterable[Mapping[str, Any]],
+                           optimizer: torch.optim.Optimizer,
+                           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device | str,
+                           *, mean: Sequence[float], std: Sequence[float], amp: bool = False) -> dict[str, float]:
     """One pass over :func:`collate` batches. Returns mean ``loss``, ``accuracy`` (of the argmax), ``rows``,
     ``steps``, ``seconds``, ``wait_seconds`` (blocked on the input pipeline) and ``busy_fraction`` =
     1 - wait / total: the share of the epoch the device had work (CUDA is synchronised per step)."""
@@ -137,7 +105,7 @@ def predict(model: nn.Module, batches: Iterable[Mapping[str, Any]], device: torc
 
 
 def weighted_nll(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """The loss of :func:`train_epoch` (class-weighted cross-entropy, weighted mean as in ``nn.CrossEntropyLoss``)
+    """The loss of :func:`train_classifier_epoch` (class-weighted cross-entropy, weighted mean as in ``nn.CrossEntropyLoss``)
     computed from probabilities: the validation loss from predictions gathered over all workers."""
     labels = np.asarray(labels, np.int64)
     p = np.clip(np.asarray(probs, np.float64)[np.arange(len(labels)), labels], 1e-12, 1.0)
@@ -153,4 +121,4 @@ def loss_function(weights: Sequence[float] | None, device: torch.device | str) -
     return nn.CrossEntropyLoss(weight=w)
 
 
-__all__ = ["EarlyStopping", "loss_function", "predict", "train_epoch", "weighted_nll"]
+__all__ = ["loss_function", "predict", "train_classifier_epoch", "weighted_nll"]

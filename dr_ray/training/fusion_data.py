@@ -12,7 +12,7 @@ catalog's ``grade`` / ``fold``. Two steps turn rows into what ``dr_ray.models.cl
    :func:`to_device` normalises on the device (uint8 crosses the PCIe bus, 4x less than float32).
 
 Node features of the graph (``dr_ray.vessels.NODE_FEATURES``, eq. 26 + structure) are re-encoded for the GCN by
-:func:`node_inputs`: log calibre, log GLCM contrast, entropy / 8 bits, A/V one-hot (unknown, artery, vein,
+:func:`node_inputs`: log caliber, log GLCM contrast, entropy / 8 bits, A/V one-hot (unknown, artery, vein,
 crossing), degree / 4, kind one-hot (other, junction, endpoint); NaN (no image patch) -> 0.
 """
 

@@ -1,13 +1,13 @@
-"""The Ray part of classifier training: a Ray Train V2 ``TorchTrainer`` around :mod:`dr_ray.training.classify`.
+"""The classifier's Ray Train worker: :func:`dr_ray.training.fit.fit` over :mod:`dr_ray.training.classify`'s epoch.
 
 Data arrive as Ray Data shards (``get_dataset_shard("train")`` split equally over the workers for DDP,
 ``"val"`` split unequally so that every validation row is scored exactly once), decoded and augmented by Ray Data
 CPU tasks, batched with :func:`dr_ray.training.fusion_data.collate` (vessel graphs as a torch_geometric ``Batch``).
 Each epoch: train (DDP), predict the validation shard (nested CV: the inner validation split of the outer training
 folds, never the outer test fold; see :func:`dr_ray.pipelines.train.nested_split`) on every worker, gather the predictions so that all
-workers compute the same metrics, step ``ReduceLROnPlateau`` on the validation loss, early-stop (paper 4.2), and
-report with a checkpoint: ``state.pt`` (model, optimizer, scheduler, early stopping, epochs done), ``best.pt`` (the
-weights of the epoch with the lowest validation loss) and ``history.json``. A replaced worker (``FailureConfig``)
+workers compute the same metrics; ``fit`` steps ``ReduceLROnPlateau`` on the validation loss, early-stops (paper
+4.2) and reports with a checkpoint: ``state.pt`` (model, optimizer, scheduler, early stopping, epochs done),
+``best.pt`` (the weights of the epoch with the lowest validation loss) and ``history.json``. A replaced worker (``FailureConfig``)
 or a rerun with the same storage path and name resumes from the latest checkpoint.
 """
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,9 +26,6 @@ from dr_ray.training.fusion_data import NODE_INPUT_DIM, InputSpec
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
-BEST_FILE = "best.pt"
-HISTORY_FILE = "history.json"
 FUSION_MODELS = ("cross_feature_fusion", "dcat", "graph_fusion")
 
 
@@ -206,78 +201,66 @@ def allow_file_store(uri: str) -> None:
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
-def _restore(model, optimizer, scheduler, stopper) -> tuple[int, list[dict], dict | None]:
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, [], None
-    with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        best = torch.load(Path(d) / BEST_FILE, map_location="cpu", weights_only=True)
-        history = json.loads((Path(d) / HISTORY_FILE).read_text())
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    stopper.load_state_dict(state["stopper"])
-    log.info("resuming after epoch %d (best epoch %d)", int(state["epoch"]), stopper.best_epoch)
-    return int(state["epoch"]), history, best
-
-
-def _save(d: str, *, model, optimizer, scheduler, stopper, epoch: int, best: dict, history: list[dict]) -> None:
-    from dr_ray.training.loops import unwrap
-
-    torch.save({"model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "stopper": stopper.state_dict(), "epoch": epoch}, Path(d) / STATE_FILE)
-    torch.save(best, Path(d) / BEST_FILE)
-    (Path(d) / HISTORY_FILE).write_text(json.dumps(history, indent=1, allow_nan=True))
-
-
-def load_best(checkpoint_dir: str | Path) -> tuple[dict, list[dict]]:
-    """(best weights, history) of a checkpoint written by :func:`fusion_loop_per_worker`."""
-    d = Path(checkpoint_dir)
-    best = torch.load(d / BEST_FILE, map_location="cpu", weights_only=True)
-    return best, json.loads((d / HISTORY_FILE).read_text())
-
-
 def fusion_loop_per_worker(lc: dict) -> None:
     """Ray Train worker. ``lc``: cfg (TrainConfig), spec (InputSpec dict), class_weights (list or None),
     fold (int), mlflow (dict or None: tracking_uri, experiment_name, run_name, params)."""
     import ray.train
-    import ray.train.torch
 
     from dr_ray.faults import maybe_inject  # the fault-injection test hook (never set in production)
     from dr_ray.training.classification_metrics import classification_metrics
-    from dr_ray.training.classify import EarlyStopping, loss_function, predict, train_epoch, weighted_nll
-    from dr_ray.training.loops import finite_or_none, unwrap
+    from dr_ray.training.classify import loss_function, predict, train_classifier_epoch, weighted_nll
+    from dr_ray.training.fit import Optimization, finite_or_none, fit, unwrap
+    from dr_ray.training.ray_train import RayReporter, prepare_model, worker_setup
 
     t: TrainConfig = lc["cfg"]
     spec = InputSpec.from_dict(lc["spec"])
     weights = lc.get("class_weights")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    amp = t.amp_bf16 and device.type == "cuda"
-    torch.manual_seed(t.seed)  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
+    rank, world, device, amp = worker_setup(t.seed, t.amp_bf16)
     model = build_classifier(t, spec)
     loaded = init_encoders(model, t)
     if loaded and rank == 0:
         log.info("encoder transfer: %s", "; ".join(loaded))
     mean, std = model.spec.mean, model.spec.std
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=t.plateau_factor,
-                                                           patience=t.plateau_patience)
-    stopper = EarlyStopping(t.early_stop_patience)
-    start, history, best = _restore(model, optimizer, scheduler, stopper)
-    if best is None:
-        best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if device.type == "cuda":
-        model = model.to(device, memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    optim = Optimization(lr=t.lr, weight_decay=t.weight_decay, optimizer="adam", schedule="plateau",
+                         plateau_factor=t.plateau_factor, plateau_patience=t.plateau_patience)
+
+    def prepare(m):
+        if device.type == "cuda":
+            m = m.to(device, memory_format=torch.channels_last)
+        return prepare_model(m)
+
     loss_fn = loss_function(weights if t.class_balance == "weight" else None, device)
     val_weights = np.asarray(weights, np.float64) if (weights is not None and t.class_balance == "weight") else None
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    fold = int(lc["fold"])
+    collate = batch_collate()
 
+    def train_epoch(run, optimizer, epoch: int) -> dict:
+        batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, prefetch_batches=2,
+                                                 local_shuffle_buffer_size=t.shuffle_buffer or None)
+        tr = train_classifier_epoch(run, batches, optimizer, loss_fn, device, mean=mean, std=std, amp=amp)
+        return {"train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "train_rows": int(tr["rows"]) * world,
+                "train_rows_per_s": tr["rows"] * world / max(tr["seconds"], 1e-9),
+                "busy_fraction": tr["busy_fraction"]}
+
+    def validate(run, epoch: int) -> dict:
+        # every worker predicts its part of the validation split; the gathered predictions give all workers the
+        # same metrics (so the same plateau and early-stopping decisions)
+        ids, labels, probs = predict(unwrap(run), val_shard.iter_torch_batches(
+            batch_size=t.batch_size, collate_fn=collate, prefetch_batches=2), device, mean=mean, std=std, amp=amp)
+        parts = _gather((ids, labels, probs))
+        ids = [i for p in parts for i in p[0]]
+        if not ids:
+            raise ValueError(f"fold {fold}: the validation split is empty")
+        labels = np.concatenate([p[1] for p in parts if len(p[1])])
+        probs = np.concatenate([p[2] for p in parts if len(p[2])])
+        # Ray gets NaN for an undefined metric (AUC of a one-class fold): Tune's schedulers need numbers; the
+        # history (JSON) keeps None
+        return {"val_rows": len(ids), "val_loss": weighted_nll(labels, probs, val_weights),
+                **{f"val_{k}": v for k, v in classification_metrics(labels, probs).items()}}
+
+    callbacks = []
     mlflow = None
     if lc.get("mlflow") and rank == 0:
         from ray.air.integrations.mlflow import setup_mlflow
@@ -286,59 +269,13 @@ def fusion_loop_per_worker(lc: dict) -> None:
         allow_file_store(m["tracking_uri"])
         mlflow = setup_mlflow(config=m["params"], tracking_uri=m["tracking_uri"], experiment_name=m["experiment_name"],
                               run_name=m["run_name"], create_experiment_if_not_exists=True)
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    fold = int(lc["fold"])
-    collate = batch_collate()
-    for epoch in range(start, t.epochs):
-        maybe_inject("train", f"fold_{fold}_epoch_{epoch + 1}")
-        t0 = time.perf_counter()
-        batches = train_shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate, prefetch_batches=2,
-                                                 local_shuffle_buffer_size=t.shuffle_buffer or None)
-        lr = optimizer.param_groups[0]["lr"]
-        tr = train_epoch(model, batches, optimizer, loss_fn, device, mean=mean, std=std, amp=amp)
-        ids, labels, probs = predict(unwrap(model), val_shard.iter_torch_batches(
-            batch_size=t.batch_size, collate_fn=collate, prefetch_batches=2), device, mean=mean, std=std, amp=amp)
-        parts = _gather((ids, labels, probs))
-        ids = [i for p in parts for i in p[0]]
-        if not ids:
-            raise ValueError(f"fold {fold}: the validation split is empty")
-        labels = np.concatenate([p[1] for p in parts if len(p[1])])
-        probs = np.concatenate([p[2] for p in parts if len(p[2])])
-        val_loss = weighted_nll(labels, probs, val_weights)
-        scheduler.step(val_loss)
-        if stopper.step(val_loss, epoch + 1):
-            best = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-        val = classification_metrics(labels, probs)
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1, "fold": fold, "start_epoch": start, "lr": lr,
-            "train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "train_rows": int(tr["rows"]) * world,
-            "train_rows_per_s": tr["rows"] * world / max(tr["seconds"], 1e-9),
-            "busy_fraction": tr["busy_fraction"], "val_rows": len(ids), "val_loss": val_loss,
-            **{f"val_{k}": v for k, v in val.items()},
-            "best_epoch": stopper.best_epoch, "best_val_loss": stopper.best, "seconds": time.perf_counter() - t0,
-        }
-        # Ray gets NaN for an undefined metric (AUC of a one-class fold): Tune's schedulers need numbers; the
-        # history (JSON) keeps None
-        if mlflow is not None:
-            mlflow.log_metrics({k: v for k, v in finite_or_none(metrics).items() if isinstance(v, (int, float))},
-                               step=epoch + 1)
-        if rank == 0:
-            history.append(finite_or_none(metrics))
-            log.info("fold %d epoch %d/%d: %s", fold, epoch + 1, t.epochs,
-                     {k: metrics[k] for k in ("train_loss", "val_loss", "val_auc", "val_accuracy")})
-            with tempfile.TemporaryDirectory() as tmp:
-                _save(tmp, model=model, optimizer=optimizer, scheduler=scheduler, stopper=stopper, epoch=epoch + 1,
-                      best=best, history=history)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
-        else:
-            ray.train.report(metrics)
-        if stopper.should_stop:
-            log.info("fold %d: early stop after epoch %d (best epoch %d, val loss %.4f)", fold, epoch + 1,
-                     stopper.best_epoch, stopper.best)
-            break
+        callbacks.append(lambda metrics: mlflow.log_metrics(
+            {k: v for k, v in finite_or_none(metrics).items() if isinstance(v, (int, float))},
+            step=int(metrics["epoch"])))
+    fit(model, epochs=t.epochs, optim=optim, train_epoch=train_epoch, validate=validate, reporter=RayReporter(),
+        monitor="val_loss", patience=t.early_stop_patience, prepare=prepare, callbacks=callbacks,
+        static={"fold": fold}, name=f"fold {fold}",
+        before_epoch=lambda epoch: maybe_inject("train", f"fold_{fold}_epoch_{epoch + 1}"))
     if mlflow is not None:
         mlflow.end_run()
 
@@ -360,4 +297,4 @@ def fit_fold(t: TrainConfig, spec: InputSpec, *, fold: int, datasets: dict, clas
 
 
 __all__ = ["FUSION_MODELS", "build_classifier", "classifier_kwargs", "fit_fold", "fusion_loop_per_worker",
-           "allow_file_store", "init_encoders", "load_best", "model_modalities", "tensorboard_callback", "val_data_config"]
+           "allow_file_store", "init_encoders", "model_modalities", "tensorboard_callback", "val_data_config"]

@@ -1,34 +1,78 @@
-"""The Ray part of vessel training: a Ray Train V2 ``TorchTrainer`` around the Ray-free loops.
+"""The Ray part of training: a Ray Train V2 ``TorchTrainer`` around :func:`dr_ray.training.fit.fit`.
 
-Each worker loads its shard of the training images itself (seeded by world rank): 20-50 images need no
-Ray Data. Rank 0 scores the validation images every epoch and reports a checkpoint (model, optimizer,
-scheduler, history). A run restarted with the same ``storage_path``/``name`` resumes from its latest
-checkpoint (Ray Train V2 restores the run's checkpoint snapshot; ``ray.train.get_checkpoint()`` returns it).
+:class:`RayReporter` is the whole Ray side of the loop: ``ray.train.get_checkpoint`` for the checkpoint to resume
+from, ``ray.train.report`` for the epoch's metrics and checkpoint. The segmentation workers (vessels, lesions) live
+here; the classifier worker is :func:`dr_ray.training.ray_fusion.fusion_loop_per_worker`. Each segmentation worker
+loads its shard of the training images itself (seeded by world rank): 20-50 images need no Ray Data. Rank 0 scores
+the validation images every epoch. A run restarted with the same ``storage_path``/``name`` resumes from its latest
+checkpoint (Ray Train V2 restores the run's checkpoint snapshot).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import tempfile
-import time
-from typing import Sequence
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from dr_ray.config.schema import TrainVesselsConfig
 from dr_ray.training.data import VesselRecord, load_vessel_images, patch_batches
+from dr_ray.training.fit import Optimization, fit, unwrap
 from dr_ray.training.losses import DiceBCELoss
-from dr_ray.training.loops import (
-    evaluate,
-    finite_or_none,
-    load_training_state,
-    save_training_state,
-    train_one_epoch,
-    unwrap,
-)
+from dr_ray.training.segmentation import evaluate_vessels, train_segmentation_epoch
 
 log = logging.getLogger(__name__)
+
+
+class RayReporter:
+    """:func:`fit`'s :class:`~dr_ray.training.fit.Reporter` on a Ray Train worker."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        self.rank = ray.train.get_context().get_world_rank()
+
+    @contextlib.contextmanager
+    def latest(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()  # a restarted worker group or a resumed run gets the latest
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as d:
+            yield Path(d)
+
+    def report(self, metrics: dict, checkpoint: Path | None, epoch: int) -> None:
+        import ray.train
+
+        if checkpoint is None:
+            ray.train.report(metrics)  # Ray Train keeps rank 0's metrics
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)),
+                             checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+
+def worker_setup(seed: int, amp_bf16: bool):
+    """(rank, world size, device, amp) of this Ray Train worker; seeds torch so that every worker builds the
+    same initial weights (DDP also broadcasts rank 0's)."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(seed)
+    return ctx.get_world_rank(), ctx.get_world_size(), device, amp_bf16 and device.type == "cuda"
+
+
+def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Ray Train's ``prepare_model`` (device move, DDP when there are several workers)."""
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(model)
 
 
 def build_model(cfg: TrainVesselsConfig) -> torch.nn.Module:
@@ -41,98 +85,56 @@ def build_model(cfg: TrainVesselsConfig) -> torch.nn.Module:
                         decoder_channels=cfg.decoder_channels, pretrained_file=cfg.pretrained_file or None)
 
 
-def restore(model: torch.nn.Module, optimizer, scheduler, *, epochs: int, rank: int) -> tuple[int, list[dict]]:
-    """Load the run's latest checkpoint (Ray Train hands it to a restarted worker or a resumed run) into the
-    model, optimizer and cosine scheduler; returns (epochs already done, history). (0, []) for a new run."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, []
-    with checkpoint.as_directory() as d:
-        state, history = load_training_state(d)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scheduler.T_max = epochs  # a resumed run may have been given more epochs: stretch the cosine
-    log.info("rank %d: resuming after epoch %d", rank, int(state["epoch"]))
-    return int(state["epoch"]), history
-
-
-def report_epoch(metrics: dict, *, rank: int, history: list[dict], model: torch.nn.Module, optimizer, scheduler,
-                 epochs: int) -> None:
-    """Rank 0 reports the epoch's metrics with a checkpoint (model, optimizer, scheduler, history); the other
-    ranks report the metrics only (Ray Train keeps rank 0's)."""
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    history.append(metrics)
-    log.info("epoch %d/%d: %s", metrics["epoch"], epochs, metrics)
-    with tempfile.TemporaryDirectory() as tmp:
-        save_training_state(tmp, model=model, optimizer=optimizer, scheduler=scheduler, epoch=metrics["epoch"],
-                            history=history)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
-
-
-def _shard(records: Sequence[VesselRecord], rank: int, world: int) -> list[VesselRecord]:
+def _shard(records: Sequence, rank: int, world: int) -> list:
     # Fewer images than workers: every worker sees all of them (different patches: rng seeded by rank).
     return list(records[rank::world]) if len(records) >= world else list(records)
 
 
+def segmentation_optimization(cfg) -> Optimization:
+    """AdamW with cosine decay over the epochs (vessel and lesion training)."""
+    return Optimization(lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer="adamw", schedule="cosine")
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker function. ``loop_config``: cfg (TrainVesselsConfig), train/val (VesselRecord lists)."""
-    import ray.train
-    import ray.train.torch
+    """Ray Train worker for vessel segmentation. ``loop_config``: cfg (TrainVesselsConfig), train/val
+    (VesselRecord lists), preprocess (the stored images' PreprocessConfig, with ``stored_input``)."""
+    import time
 
     cfg: TrainVesselsConfig = loop_config["cfg"]
-    pre = loop_config.get("preprocess") if cfg.stored_input else None  # PreprocessConfig of the stored images
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    amp = cfg.amp_bf16 and device.type == "cuda"
-    torch.manual_seed(cfg.seed)  # same initial weights on every worker (DDP also broadcasts rank 0's)
-
+    pre = loop_config.get("preprocess") if cfg.stored_input else None
+    rank, world, device, amp = worker_setup(cfg.seed, cfg.amp_bf16)
     model = build_model(cfg)
     spec = model.spec
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    start_epoch, history = restore(model, optimizer, scheduler, epochs=cfg.epochs, rank=rank)
-    model = ray.train.torch.prepare_model(model)
 
     t0 = time.perf_counter()
-    train_images = load_vessel_images(_shard(loop_config["train"], rank, world), scale=cfg.scale,
-                                      input_mode=cfg.input_mode, fov_diameter=cfg.fov_diameter, preprocess=pre)
-    val_images = (load_vessel_images(loop_config["val"], scale=cfg.scale, input_mode=cfg.input_mode,
-                                     fov_diameter=cfg.fov_diameter, preprocess=pre) if rank == 0 else [])
+    load = dict(scale=cfg.scale, input_mode=cfg.input_mode, fov_diameter=cfg.fov_diameter, preprocess=pre)
+    train_images = load_vessel_images(_shard(loop_config["train"], rank, world), **load)
+    val_images = load_vessel_images(loop_config["val"], **load) if rank == 0 else []
     log.info("rank %d: %d training, %d validation images loaded in %.1f s", rank, len(train_images),
              len(val_images), time.perf_counter() - t0)
     loss_fn = DiceBCELoss()
     # the same number of patches (so of DDP steps) on every worker, whatever its shard size
     patches_per_worker = -(-len(loop_config["train"]) * cfg.patches_per_image // world)
+    optim = segmentation_optimization(cfg)
 
-    for epoch in range(start_epoch, cfg.epochs):
+    def train_epoch(run, optimizer, epoch: int) -> dict:
         # Seeded by (seed, epoch, rank): a resumed run draws the same patches as an uninterrupted one.
         rng = np.random.default_rng([cfg.seed, epoch, rank])
-        t0 = time.perf_counter()
         batches = patch_batches(train_images, patch=cfg.patch_size, patches_per_image=cfg.patches_per_image,
                                 batch_size=cfg.batch_size, mean=spec.mean, std=spec.std, rng=rng,
                                 fov_bias=cfg.fov_bias, num_patches=patches_per_worker)
-        lr = optimizer.param_groups[0]["lr"]  # this epoch's rate, before the scheduler moves it
-        train = train_one_epoch(model, batches, optimizer, loss_fn, device, amp)
-        scheduler.step()
-        # train_loss is this worker's mean; rank 0's report is the one Ray Train keeps
-        metrics: dict = {"epoch": epoch + 1, "train_loss": train["loss"], "train_steps": int(train["steps"]),
-                         "start_epoch": start_epoch,  # epochs done before this call (> 0: resumed)
-                         "lr": lr, "seconds": time.perf_counter() - t0}
-        if rank == 0:
-            val = evaluate(unwrap(model), val_images, mean=spec.mean, std=spec.std, device=device, amp=amp,
-                           seed=cfg.seed)
-            metrics.update({f"val_{k}": v for k, v in finite_or_none(val).items()})
-        report_epoch(metrics, rank=rank, history=history, model=model, optimizer=optimizer, scheduler=scheduler,
-                     epochs=cfg.epochs)
+        r = train_segmentation_epoch(run, batches, optimizer, loss_fn, device, amp)
+        return {"train_loss": r["loss"], "train_steps": int(r["steps"])}  # this worker's mean; rank 0's is kept
+
+    def validate(run, epoch: int) -> dict:
+        if rank != 0:
+            return {}
+        val = evaluate_vessels(unwrap(run), val_images, mean=spec.mean, std=spec.std, device=device, amp=amp,
+                               seed=cfg.seed)
+        return {f"val_{k}": v for k, v in val.items()}
+
+    fit(model, epochs=cfg.epochs, optim=optim, train_epoch=train_epoch, validate=validate, reporter=RayReporter(),
+        prepare=prepare_model, name="train_vessels")
 
 
 def make_trainer(loop_fn, loop_config: dict, *, num_workers: int, use_gpu: bool, storage_path: str, name: str,
@@ -196,7 +198,7 @@ def run_trainer(loop_fn, loop_config: dict, *, num_workers: int, use_gpu: bool, 
                                         max_failures=max_failures, **trainer_kwargs))
 
 
-def fit(cfg: TrainVesselsConfig, train: Sequence[VesselRecord], val: Sequence[VesselRecord], *,
+def fit_vessels(cfg: TrainVesselsConfig, train: Sequence[VesselRecord], val: Sequence[VesselRecord], *,
         storage_path: str, name: str, keep_checkpoints: int = 2, preprocess=None):
     """Vessel training run (see :func:`run_trainer`); ``.checkpoint`` of the result = the latest epoch.
 
@@ -223,89 +225,44 @@ def build_lesion_model(cfg) -> torch.nn.Module:
                         input_size=cfg.patch_size, pretrained_file=cfg.pretrained_file or None, **kw)
 
 
-def lesion_batches(batches):
-    """Lesion patch batches -> the {"image", "mask", "fov"} batches ``train_one_epoch`` takes: the FOV of each
-    channel is zeroed where that lesion kind was not annotated for the image (unknown, not absent)."""
-    for b in batches:
-        fov = b["fov"] * b["present"][:, :, None, None]
-        yield {"image": b["image"], "mask": b["masks"], "fov": fov}
-
-
-def evaluate_lesions(model: torch.nn.Module, batches, kinds, *, device, amp: bool, seed: int) -> dict[str, float]:
-    """Per-lesion AUPR, Dice, IoU and precision (:class:`LesionMeter`, one per kind) over validation patch
-    batches; a kind is scored only on the images where it was annotated. Also ``<metric>_mean`` over the kinds."""
-    from dr_ray.training.lesion_metrics import LesionMeter
-    from dr_ray.training.loops import autocast
-
-    meters = [LesionMeter((k,), seed=seed) for k in kinds]
-    model.eval()
-    with torch.inference_mode():
-        for b in batches:
-            with autocast(torch.device(device), amp):
-                prob = torch.sigmoid(model(b["image"].to(device)).float()).cpu().numpy()
-            masks, fov, present = b["masks"].numpy() > 0, b["fov"].numpy()[:, 0] > 0, b["present"].numpy() > 0
-            for i in range(len(prob)):
-                for k, meter in enumerate(meters):
-                    if present[i, k]:
-                        meter.update(prob[i, k:k + 1], masks[i, k:k + 1], fov[i])
-    out: dict[str, float] = {}
-    for meter in meters:
-        out.update({k: v for k, v in meter.compute().items() if not k.endswith("_mean")})
-    for m in ("aupr", "dice", "iou", "precision"):
-        vals = [out[f"{m}_{k}"] for k in kinds if np.isfinite(out[f"{m}_{k}"])]
-        out[f"{m}_mean"] = float(np.mean(vals)) if vals else float("nan")
-    return out
-
-
 def lesion_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker for lesion segmentation. ``loop_config``: cfg (TrainLesionsConfig), train/val records."""
-    import ray.train
-    import ray.train.torch
-
     from dr_ray.faults import maybe_inject  # the fault-injection test hook (never set in production)
     from dr_ray.training.lesion_data import lesion_patch_batches, load_lesion_images
     from dr_ray.training.lesion_losses import LesionLoss
+    from dr_ray.training.segmentation import evaluate_lesions, lesion_batches
 
     cfg = loop_config["cfg"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    amp = cfg.amp_bf16 and device.type == "cuda"
-    torch.manual_seed(cfg.seed)
+    rank, world, device, amp = worker_setup(cfg.seed, cfg.amp_bf16)
     model = build_lesion_model(cfg)
     spec = model.spec
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    start_epoch, history = restore(model, optimizer, scheduler, epochs=cfg.epochs, rank=rank)
-    model = ray.train.torch.prepare_model(model)
-
     train_images = load_lesion_images(_shard(loop_config["train"], rank, world), cfg.kinds, size=cfg.image_size)
     val_images = load_lesion_images(loop_config["val"], cfg.kinds, size=cfg.image_size) if rank == 0 else []
     loss_fn = LesionLoss(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
     patches_per_worker = -(-len(loop_config["train"]) * cfg.patches_per_image // world)
-    for epoch in range(start_epoch, cfg.epochs):
-        maybe_inject("train_lesions", f"epoch_{epoch + 1}")  # tests: a worker dying mid-run
+
+    def train_epoch(run, optimizer, epoch: int) -> dict:
         rng = np.random.default_rng([cfg.seed, epoch, rank])
-        t0 = time.perf_counter()
         batches = lesion_patch_batches(train_images, patch=cfg.patch_size, patches_per_image=cfg.patches_per_image,
                                        batch_size=cfg.batch_size, mean=spec.mean, std=spec.std, rng=rng,
                                        lesion_fraction=cfg.lesion_fraction, num_patches=patches_per_worker)
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(model, lesion_batches(batches), optimizer, loss_fn, device, amp)
-        scheduler.step()
-        metrics: dict = {"epoch": epoch + 1, "train_loss": train["loss"], "train_steps": int(train["steps"]),
-                         "start_epoch": start_epoch, "lr": lr, "seconds": time.perf_counter() - t0}
-        if rank == 0:
-            # the same validation patches every epoch (seeded by cfg.seed only), no augmentation
-            val_batches = lesion_patch_batches(val_images, patch=cfg.patch_size,
-                                               patches_per_image=cfg.val_patches_per_image,
-                                               batch_size=cfg.batch_size, mean=spec.mean, std=spec.std,
-                                               rng=np.random.default_rng([cfg.seed, 99991]),
-                                               lesion_fraction=cfg.lesion_fraction, augment_patches=False)
-            val = evaluate_lesions(unwrap(model), val_batches, cfg.kinds, device=device, amp=amp, seed=cfg.seed)
-            metrics.update({f"val_{k}": v for k, v in finite_or_none(val).items()})
-        report_epoch(metrics, rank=rank, history=history, model=model, optimizer=optimizer, scheduler=scheduler,
-                     epochs=cfg.epochs)
+        r = train_segmentation_epoch(run, lesion_batches(batches), optimizer, loss_fn, device, amp)
+        return {"train_loss": r["loss"], "train_steps": int(r["steps"])}
+
+    def validate(run, epoch: int) -> dict:
+        if rank != 0:
+            return {}
+        # the same validation patches every epoch (seeded by cfg.seed only), no augmentation
+        val_batches = lesion_patch_batches(val_images, patch=cfg.patch_size, patches_per_image=cfg.val_patches_per_image,
+                                           batch_size=cfg.batch_size, mean=spec.mean, std=spec.std,
+                                           rng=np.random.default_rng([cfg.seed, 99991]),
+                                           lesion_fraction=cfg.lesion_fraction, augment_patches=False)
+        val = evaluate_lesions(unwrap(run), val_batches, cfg.kinds, device=device, amp=amp, seed=cfg.seed)
+        return {f"val_{k}": v for k, v in val.items()}
+
+    fit(model, epochs=cfg.epochs, optim=segmentation_optimization(cfg), train_epoch=train_epoch, validate=validate,
+        reporter=RayReporter(), prepare=prepare_model, name="train_lesions",
+        before_epoch=lambda epoch: maybe_inject("train_lesions", f"epoch_{epoch + 1}"))  # tests: a worker dying
 
 
 def fit_lesions(cfg, train, val, *, storage_path: str, name: str, keep_checkpoints: int = 2):

@@ -1,4 +1,4 @@
-"""Pure vessel functions: mask -> skeleton graph (skan), calibres, CRAE/CRVE/AVR, FD, GLCM, tortuosity.
+"""Pure vessel functions: mask -> skeleton graph (skan), calibers, CRAE/CRVE/AVR, FD, GLCM, tortuosity.
 
 No Ray, no torch, no file I/O: arrays in, arrays/dataclasses out.
 """
@@ -33,7 +33,8 @@ from dr_ray.vessels.caliber import (
     um_per_px_from_disc,
 )
 from dr_ray.vessels.fractal import box_counting_fd, box_counts
-from dr_ray.vessels.graph import EDGE_FEATURES, NODE_FEATURES, VesselGraph, vessel_graph
+from dr_ray.vessels.graph import EDGE_FEATURES, NODE_FEATURES, VesselGraph
+from dr_ray.vessels.graph_build import vessel_graph
 from dr_ray.vessels.optic_disc import OpticDisc, detect_optic_disc
 from dr_ray.vessels.texture import GLCM_PROPS, HOMOGENEITY_VARIANTS, glcm_features
 from dr_ray.vessels.zone import (
@@ -42,7 +43,7 @@ from dr_ray.vessels.zone import (
     ZONE_KEYS,
     ZoneMeasurements,
     ZoneVessel,
-    zone_calibres,
+    zone_calibers,
     zone_measurements,
     zone_vessels,
 )
@@ -58,6 +59,6 @@ __all__ = [
     "OpticDisc", "detect_optic_disc",
     "AV_FEATURE_NAMES", "AVClassifier", "segment_features", "fit_av_classifier", "load_default_av_classifier",
     "apply_av_labels", "av_links", "smooth_av_logits", "predict_av",
-    "ZONE_KEYS", "ZONE_COUNT_KEYS", "DEFAULT_CRX_VESSELS", "ZoneMeasurements", "ZoneVessel", "zone_calibres",
+    "ZONE_KEYS", "ZONE_COUNT_KEYS", "DEFAULT_CRX_VESSELS", "ZoneMeasurements", "ZoneVessel", "zone_calibers",
     "zone_measurements", "zone_vessels",
 ]

@@ -13,7 +13,8 @@ import numpy as np
 from dr_ray.vessels.av import AVClassifier, apply_av_labels, predict_av
 from dr_ray.vessels.biomarkers import Measurement, global_biomarkers
 from dr_ray.vessels.caliber import DEFAULT_DISC_DIAMETER_UM
-from dr_ray.vessels.graph import VesselGraph, vessel_graph
+from dr_ray.vessels.graph import VesselGraph
+from dr_ray.vessels.graph_build import vessel_graph
 from dr_ray.vessels.optic_disc import OpticDisc, detect_optic_disc
 from dr_ray.vessels.zone import DEFAULT_CRX_VESSELS, ZONE_COUNT_KEYS, zone_measurements
 

@@ -1,4 +1,4 @@
-"""Summary vessel calibres: CRAE / CRVE by the Parr-Hubbard and Knudtson formulas, and the AVR.
+"""Summary vessel calibers: CRAE / CRVE by the Parr-Hubbard and Knudtson formulas, and the AVR.
 
 All widths are vessel diameters in micrometres (um). The Parr-Hubbard constants (-10.76, +450.02) are in
 um^2, so those formulas are only valid for um inputs; convert pixel widths first with

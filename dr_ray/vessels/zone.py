@@ -2,8 +2,8 @@
 
 The zone is the ring 0.5-1.0 disc diameters (DD) from the disc *margin*, i.e. 1.0-1.5 DD from the disc
 centre (ARIC / Hubbard et al. 1999 "zone B"; Knudtson et al. 2003). Every artery or vein segment of the
-graph with skeleton pixels in the ring is measured there: its width is the mean calibre over those pixels
-(``2 * EDT - 1`` of the vessel mask, the calibre :func:`vessel_graph` uses; without the mask, the segment's
+graph with skeleton pixels in the ring is measured there: its width is the mean caliber over those pixels
+(``2 * EDT - 1`` of the vessel mask, the caliber :func:`vessel_graph` uses; without the mask, the segment's
 whole-path mean ``caliber_mean_px``).
 
 One vessel, counted once: the skeleton graph cuts a vessel into several segments wherever a branch or a
@@ -45,7 +45,8 @@ from dr_ray.vessels.caliber import (
     px_to_um,
     um_per_px_from_disc,
 )
-from dr_ray.vessels.graph import AV_ARTERY, AV_VEIN, VesselGraph, mask_distance_at
+from dr_ray.vessels.graph import AV_ARTERY, AV_VEIN, VesselGraph
+from dr_ray.vessels.graph_features import mask_distance_at
 from dr_ray.vessels.optic_disc import OpticDisc
 
 ZONE_KEYS = ("crae_parr_hubbard_um", "crve_parr_hubbard_um", "crae_knudtson_um", "crve_knudtson_um",
@@ -73,7 +74,7 @@ def zone_vessels(graph: VesselGraph, disc: OpticDisc, *, mask: np.ndarray | None
     """Artery/vein vessels crossing the 1.0-1.5 DD ring around ``disc``, deduplicated (module docstring).
 
     graph: VesselGraph with A/V labels; disc: a found :class:`OpticDisc`; mask: (H, W) bool vessel mask the
-    graph was built from, optional (per-pixel calibre in the zone; without it, each segment's mean).
+    graph was built from, optional (per-pixel caliber in the zone; without it, each segment's mean).
     Returns the vessels sorted by width, widest first. Raises ValueError if the disc was not found.
     """
     if not disc.found:
@@ -194,7 +195,7 @@ class ZoneMeasurements:
     counts: dict[str, int | None]
 
 
-def zone_calibres(graph: VesselGraph, disc: OpticDisc, *, um_per_px: float | None = None,
+def zone_calibers(graph: VesselGraph, disc: OpticDisc, *, um_per_px: float | None = None,
                   disc_diameter_um: float = DEFAULT_DISC_DIAMETER_UM, n_vessels: int = DEFAULT_CRX_VESSELS,
                   mask: np.ndarray | None = None) -> dict[str, Measurement]:
     """:func:`zone_measurements` without the counts: {key: Measurement} for ``ZONE_KEYS``."""
@@ -216,7 +217,7 @@ def zone_measurements(graph: VesselGraph, disc: OpticDisc, *, um_per_px: float |
             fewer (but >= 2) in the zone the value is kept with the reason "only k of n arterioles ...";
             with fewer than 2 it is None.
         mask: (H, W) bool vessel mask of the graph, optional: widths from its distance transform over
-            the zone pixels (else each segment's whole-path mean calibre).
+            the zone pixels (else each segment's whole-path mean caliber).
 
     Returns:
         :class:`ZoneMeasurements`: CRAE/CRVE in um (eqs. 23-24), AVRs dimensionless (eq. 25), and the

@@ -15,7 +15,11 @@ import pytest
 
 from dr_ray.io import columns as C
 from dr_ray.pipelines import commit as K
-from dr_ray.pipelines.runtime import check_catalog, read_committed, scan_outputs
+from dr_ray.pipelines.commit_stream import Isolation, isolate_missing
+from dr_ray.pipelines.lease import LeaseHeldError, LeaseLostError, StageLease, read_lease
+from dr_ray.pipelines.reconcile import check_catalog
+from dr_ray.pipelines.scan import read_committed, scan_outputs
+from dr_ray.pipelines.stage_layout import LEASE_FILE
 from dr_ray.testing.stages import read_stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,39 +32,39 @@ def _rows(ids, status, error=None):
 
 def test_second_writer_is_refused_naming_the_holder_and_a_dead_holder_is_taken_over(tmp_path):
     stage = str(tmp_path / "pre")
-    with K.StageLease([stage]) as first:
-        with pytest.raises(K.LeaseHeldError, match=rf"host {os.uname().nodename} pid {os.getpid()}, started"):
-            with K.StageLease([stage]):
+    with StageLease([stage]) as first:
+        with pytest.raises(LeaseHeldError, match=rf"host {os.uname().nodename} pid {os.getpid()}, started"):
+            with StageLease([stage]):
                 pass
-        assert K.read_lease(stage)["run_id"] == first.run_id
-    assert K.read_lease(stage) is None  # released on exit
+        assert read_lease(stage)["run_id"] == first.run_id
+    assert read_lease(stage) is None  # released on exit
 
     # a crashed run: its lease file stays, its process is gone -> the successor takes over at once
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
     lease = {"run_id": "crashed", "host": os.uname().nodename, "pid": pid, "started": 0, "heartbeat": 1e12,
              "ttl_s": 1e9}
-    (tmp_path / "pre" / K.LEASE_FILE).write_text(json.dumps(lease))
-    with K.StageLease([stage]) as succ:
-        assert K.read_lease(stage)["run_id"] == succ.run_id
+    (tmp_path / "pre" / LEASE_FILE).write_text(json.dumps(lease))
+    with StageLease([stage]) as succ:
+        assert read_lease(stage)["run_id"] == succ.run_id
         # the crashed run (if it were a zombie) can no longer commit: fencing
-        with pytest.raises(K.LeaseLostError, match="does not hold the lease"):
+        with pytest.raises(LeaseLostError, match="does not hold the lease"):
             K.commit_tables({stage: _rows(["a"], C.STATUS_OK)}, run_id="crashed")
     # another host's lease with a fresh heartbeat is honoured; one with a stale heartbeat is taken over
     lease.update(host="elsewhere", heartbeat=__import__("time").time())
-    (tmp_path / "pre" / K.LEASE_FILE).write_text(json.dumps(lease))
-    with pytest.raises(K.LeaseHeldError, match="host elsewhere"):
-        K.StageLease([stage]).__enter__()
+    (tmp_path / "pre" / LEASE_FILE).write_text(json.dumps(lease))
+    with pytest.raises(LeaseHeldError, match="host elsewhere"):
+        StageLease([stage]).__enter__()
     lease.update(heartbeat=0.0)
-    (tmp_path / "pre" / K.LEASE_FILE).write_text(json.dumps(lease))
-    with K.StageLease([stage]):
+    (tmp_path / "pre" / LEASE_FILE).write_text(json.dumps(lease))
+    with StageLease([stage]):
         pass
 
 
 def test_a_retry_that_changes_a_rows_status_leaves_it_in_one_partition_even_if_it_dies_mid_commit(
         tmp_path, monkeypatch):
     stage = str(tmp_path / "pre")
-    with K.StageLease([stage]) as lease:
+    with StageLease([stage]) as lease:
         # attempt 1: a transient error quarantined b
         K.commit_tables({stage: pa.concat_tables([_rows(["a"], C.STATUS_OK),
                                                   _rows(["b"], C.STATUS_QUARANTINED, "/x/b: cannot read file")])},
@@ -93,7 +97,7 @@ def test_scan_keeps_a_shard_on_a_transient_error_and_deletes_only_one_proven_inc
     import pyarrow.parquet as pq
 
     stage = tmp_path / "pre"
-    with K.StageLease([str(stage)]) as lease:
+    with StageLease([str(stage)]) as lease:
         K.commit_tables({str(stage): _rows(["a", "b"], C.STATUS_OK)}, run_id=lease.run_id)
         shard = next((stage / "status=ok").glob("part-*.parquet"))
         real = pq.ParquetFile
@@ -119,8 +123,8 @@ def test_scan_keeps_a_shard_on_a_transient_error_and_deletes_only_one_proven_inc
         assert [Path(p).name for p in scan.removed_incomplete] == ["killed.parquet"] and shard.exists()
     # and never while another live run holds the lease
     (stage / "status=ok" / "killed.parquet").write_bytes(good[: len(good) // 2])
-    with K.StageLease([str(stage)]):
-        with pytest.raises(K.LeaseHeldError):
+    with StageLease([str(stage)]):
+        with pytest.raises(LeaseHeldError):
             scan_outputs(str(stage), run_id="someone-else")
     assert (stage / "status=ok" / "killed.parquet").exists()
 
@@ -215,15 +219,15 @@ def test_isolated_tasks_time_from_their_start_and_an_unplaceable_one_fails_clear
         time.sleep(3.0)
         return table
 
-    with K.StageLease([str(tmp_path / "s")]) as lease:
-        iso = K.Isolation(process=slow, fetch=fetch, options={"num_cpus": 1},
-                          quarantine=lambda ids, reason: _rows(list(ids), C.STATUS_QUARANTINED, reason))
-        counts = K.isolate_missing([f"i{k}" for k in range(4)], iso, str(tmp_path / "s"), run_id=lease.run_id,
-                                   max_retries=0, group_size=1, timeout_s=5.0)
+    with StageLease([str(tmp_path / "s")]) as lease:
+        iso = Isolation(process=slow, fetch=fetch, options={"num_cpus": 1},
+                        quarantine=lambda ids, reason: _rows(list(ids), C.STATUS_QUARANTINED, reason))
+        counts = isolate_missing([f"i{k}" for k in range(4)], iso, str(tmp_path / "s"), run_id=lease.run_id,
+                                 max_retries=0, group_size=1, timeout_s=5.0)
         assert counts == {"committed": 4, "worker_died": 0, "timed_out": 0}
         assert sorted(read_committed(str(tmp_path / "s"), [C.IMAGE_ID]).column(C.IMAGE_ID).to_pylist()) == [
             f"i{k}" for k in range(4)]
-        big = K.Isolation(process=fetch, fetch=fetch, quarantine=iso.quarantine, options={"num_cpus": 64})
+        big = Isolation(process=fetch, fetch=fetch, quarantine=iso.quarantine, options={"num_cpus": 64})
         with pytest.raises(TimeoutError, match="did not start within 3 s.*num_cpus.: 64"):
-            K.isolate_missing(["j0"], big, str(tmp_path / "s"), run_id=lease.run_id, max_retries=0, group_size=1,
-                              timeout_s=3.0)
+            isolate_missing(["j0"], big, str(tmp_path / "s"), run_id=lease.run_id, max_retries=0, group_size=1,
+                            timeout_s=3.0)

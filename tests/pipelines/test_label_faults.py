@@ -115,7 +115,7 @@ def test_a_lost_worker_node_and_a_killed_driver_leave_the_output_of_a_clean_run(
         _wait_for_commits(p, killed, 1, log)
         os.kill(p.pid, signal.SIGKILL)
         p.wait(timeout=60)
-        from dr_ray.pipelines.runtime import scan_outputs
+        from dr_ray.pipelines.scan import scan_outputs
 
         done = {s: scan_outputs(str(killed / s), remove_incomplete=False).ids().to_pylist() for s in STAGES}
         assert 0 < len(done["vessels"]) < N_IMAGES, done

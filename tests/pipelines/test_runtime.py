@@ -5,7 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dr_ray.io import columns as C
-from dr_ray.pipelines.runtime import blocks_of, partition_status, reason_kind, scan_outputs, summarise
+from dr_ray.pipelines.reconcile import reason_kind, summarise
+from dr_ray.pipelines.runtime import blocks_of
+from dr_ray.pipelines.scan import partition_status, scan_outputs
 
 
 def test_blocks_of_splits_for_parallelism_and_file_size():

@@ -42,7 +42,8 @@ def stages(ray_cluster, tmp_path_factory) -> Path:
 
 @pytest.mark.ray
 def test_join_reconciles_names_reasons_and_is_reused(stages):
-    from dr_ray.pipelines.fusion_data import build_fusion_data, read_index
+    from dr_ray.pipelines.fusion_join import build_fusion_data
+    from dr_ray.pipelines.fusion_read import read_index
 
     cfg = _cfg(stages)
     data = build_fusion_data(cfg, ["pseudo_labels", "vessels"])
@@ -69,7 +70,7 @@ def test_join_reconciles_names_reasons_and_is_reused(stages):
 
 @pytest.mark.ray
 def test_missing_stage_is_a_clear_error(ray_cluster, tmp_path):
-    from dr_ray.pipelines.fusion_data import build_fusion_data
+    from dr_ray.pipelines.fusion_join import build_fusion_data
 
     write_stage_outputs(tmp_path)
     import shutil
@@ -136,7 +137,7 @@ def test_kfold_training_exports_the_best_epoch_with_cv_and_paired_test(stages, f
     model, meta = load_model_dir(stages / "gf" / "fold_1" / "model")
     spec = InputSpec.from_dict(meta["extra"]["inputs"])
     assert spec.stats_features == ("avr_parr_hubbard", "fractal_dimension", "glcm_contrast", "glcm_entropy")
-    from dr_ray.pipelines.fusion_data import read_rows
+    from dr_ray.pipelines.fusion_read import read_rows
 
     data_dir = Path(meta["extra"]["fusion_data"]) / "status=ok"
     from dr_ray.pipelines.train import nested_split
@@ -195,7 +196,7 @@ def test_predict_a_second_cohort_with_the_fold_ensemble_then_evaluate_it_externa
     fold models, resume, refuse other settings, and score it with the external-validation report."""
     from dr_ray.models import artifact_hash, load_model_dir
     from dr_ray.pipelines.evaluate import run_evaluate
-    from dr_ray.pipelines.fusion_data import read_rows
+    from dr_ray.pipelines.fusion_read import read_rows
     from dr_ray.pipelines.predict import run_predict
     from dr_ray.testing.stages import read_stage
     from dr_ray.training.classify import predict

@@ -35,7 +35,7 @@ def _cfg(out: Path, epochs: int):
 def test_run_train_vessels_writes_model_metrics_checkpoints_and_resumes(ray_cluster, tmp_path):
     from dr_ray.models import load_model_dir
     from dr_ray.pipelines.train_vessels import run_train_vessels, vessel_records
-    from dr_ray.training import evaluate, load_vessel_images, predict_image, split_by_patient
+    from dr_ray.training import evaluate_vessels, load_vessel_images, predict_image, split_by_patient
 
     cfg = _cfg(tmp_path, epochs=2)
     first = run_train_vessels(cfg)
@@ -57,7 +57,7 @@ def test_run_train_vessels_writes_model_metrics_checkpoints_and_resumes(ray_clus
     records, _ = vessel_records(cfg)
     _, val = split_by_patient(records, val_fraction=0.25, seed=0)
     val_images = load_vessel_images(val)
-    got = evaluate(model, val_images, mean=model.spec.mean, std=model.spec.std)
+    got = evaluate_vessels(model, val_images, mean=model.spec.mean, std=model.spec.std)
     # the worker ran torch on 1 thread, this process on 2: summation order moves probabilities by ~1e-7, which can
     # flip a pixel or two at the threshold (1e-6 of Dice each); a different model would be off by far more
     assert got["dice"] == pytest.approx(metrics["final"]["val_dice"], abs=2e-5)

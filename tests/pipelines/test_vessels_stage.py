@@ -199,7 +199,7 @@ def test_missing_model_or_input_are_clear_errors(preprocessed, model_dir, tmp_pa
 def test_partial_and_crashed_runs_resumed_equal_a_clean_run(preprocessed, model_dir, threshold, tmp_path):
     import shutil
 
-    from dr_ray.pipelines.commit import COMMITS_DIR, parse_part_name
+    from dr_ray.pipelines.stage_layout import COMMITS_DIR, parse_part_name
     from dr_ray.pipelines.vessels import run_vessels
 
     clean_dir, resumed_dir = tmp_path / "clean", tmp_path / "resumed"

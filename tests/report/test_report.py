@@ -50,8 +50,8 @@ def test_confusion_matrix_normalised_and_counts_differ():
     y = RNG.integers(0, 5, 100)
     p = np.where(RNG.uniform(size=100) < 0.6, y, RNG.integers(0, 5, 100))
     names = ["none", "mild", "moderate", "severe", "PDR"]
-    a = _decode(confusion_matrix_png(y, p, names, "ICDR", normalize=True))
-    b = _decode(confusion_matrix_png(y, p, names, "ICDR", normalize=False))
+    a = _decode(confusion_matrix_png(y, p, names, "ICDR", normalise=True))
+    b = _decode(confusion_matrix_png(y, p, names, "ICDR", normalise=False))
     assert a.shape != b.shape or not np.array_equal(a, b)
     with pytest.raises(ValueError, match="preds"):
         confusion_matrix_png(y, np.full(100, 5), names)
@@ -188,7 +188,8 @@ def _parse_cis(rows, column):
 def test_every_interval_the_report_prints_lies_in_the_metric_range():
     from dr_ray.report.stats_tables import fold_mean_rows, pooled_rows
     from dr_ray.training.classification_metrics import cv_summary
-    from dr_ray.training.stats import bootstrap_metrics, metric_range
+    from dr_ray.training.stats import metric_range
+    from dr_ray.training.stats_bootstrap import bootstrap_metrics
 
     rng = np.random.default_rng(7)
     keys = ["auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "qwk"]
@@ -213,7 +214,8 @@ def test_stats_tables_label_splits_clipping_reasons_and_uninformative_wilcoxon()
     from dr_ray.report.stats_tables import (comparison_rows, delong_rows, fold_mean_rows, patient_level_line,
                                             pooled_rows, selection_rows)
     from dr_ray.training.classification_metrics import cv_summary
-    from dr_ray.training.stats import bootstrap_metrics, compare_folds, delong_test
+    from dr_ray.training.stats_bootstrap import bootstrap_metrics
+    from dr_ray.training.stats_paired import compare_folds, delong_test
 
     assert patient_level_line({"patient_level": True}) == "patient-level folds: yes"
     assert patient_level_line({"patient_level": False}).startswith("patient-level folds: no")
@@ -233,7 +235,7 @@ def test_stats_tables_label_splits_clipping_reasons_and_uninformative_wilcoxon()
     lab = np.array([0, 1] * 10)
     d = delong_rows(delong_test(lab, lab * 0.5 + np.linspace(0, 0.4, 20), np.linspace(0, 1, 20)))
     assert d[0]["p"] is not None and "independent" in d[0]["note"] and len(d) == 1
-    from dr_ray.training.stats import bootstrap_auc_difference
+    from dr_ray.training.stats_bootstrap import bootstrap_auc_difference
 
     both = delong_test(lab, lab * 0.5 + np.linspace(0, 0.4, 20), np.linspace(0, 1, 20))
     both["patient_bootstrap"] = bootstrap_auc_difference(lab, lab * 0.5 + np.linspace(0, 0.4, 20),

@@ -12,7 +12,8 @@ import torch
 from dr_ray.config import ConfigError, SearchDim, TrainConfig, load_config
 from dr_ray.imaging import encode_png
 from dr_ray.io import columns as C
-from dr_ray.training.classify import EarlyStopping, loss_function, predict, train_epoch, weighted_nll
+from dr_ray.training.classify import loss_function, predict, train_classifier_epoch, weighted_nll
+from dr_ray.training.fit import EarlyStopping
 from dr_ray.training.fusion_data import InputSpec, batches_from_rows
 
 
@@ -64,10 +65,10 @@ def test_train_epoch_learns_and_predict_keeps_row_order():
     rows = _toy_rows()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     loss_fn = loss_function(None, "cpu")
-    first = train_epoch(model, batches_from_rows(rows, spec, 4), opt, loss_fn, "cpu", mean=model.spec.mean,
+    first = train_classifier_epoch(model, batches_from_rows(rows, spec, 4), opt, loss_fn, "cpu", mean=model.spec.mean,
                         std=model.spec.std)
     for _ in range(15):
-        last = train_epoch(model, batches_from_rows(rows, spec, 4, augment=True, rng=np.random.default_rng(1)),
+        last = train_classifier_epoch(model, batches_from_rows(rows, spec, 4, augment=True, rng=np.random.default_rng(1)),
                            opt, loss_fn, "cpu", mean=model.spec.mean, std=model.spec.std)
     assert first["rows"] == 12 and first["steps"] == 3
     assert 0.0 <= last["busy_fraction"] <= 1.0 and last["wait_seconds"] >= 0.0
@@ -129,12 +130,12 @@ def test_train_epoch_skips_a_trailing_one_row_batch_under_batchnorm():
     spec = InputSpec(modalities=("image",), task="referable", image_size=32)
     rows = {k: v[:9] for k, v in _toy_rows().items()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    out = train_epoch(model, batches_from_rows(rows, spec, 4), opt, loss_function(None, "cpu"), "cpu",
+    out = train_classifier_epoch(model, batches_from_rows(rows, spec, 4), opt, loss_function(None, "cpu"), "cpu",
                       mean=model.spec.mean, std=model.spec.std)
     assert out["rows"] == 8 and out["steps"] == 2
     one = {k: v[:1] for k, v in rows.items()}
     with pytest.raises(ValueError, match="one-row batch"):
-        train_epoch(model, batches_from_rows(one, spec, 4), opt, loss_function(None, "cpu"), "cpu",
+        train_classifier_epoch(model, batches_from_rows(one, spec, 4), opt, loss_function(None, "cpu"), "cpu",
                     mean=model.spec.mean, std=model.spec.std)
 
 

@@ -213,7 +213,8 @@ def test_image_input_decodes_the_one_channel_map_as_the_image(image_input, colum
 def test_join_quarantines_rows_without_the_image_input_map():
     import pyarrow as pa
 
-    from dr_ray.pipelines.fusion_data import fusion_schema, mark_rows
+    from dr_ray.pipelines.fusion_data import fusion_schema
+    from dr_ray.pipelines.fusion_join import mark_rows
 
     schema = fusion_schema([], "canny")
     assert schema.names[-1] == C.CANNY_PNG
@@ -232,7 +233,7 @@ def test_join_quarantines_rows_without_the_image_input_map():
 
 def _join(root, stages=("pseudo_labels", "vessels"), **kw):
     from dr_ray.config import load_config
-    from dr_ray.pipelines.fusion_data import build_fusion_data
+    from dr_ray.pipelines.fusion_join import build_fusion_data
 
     return build_fusion_data(load_config(None, [f"output.dir={root}", "data.folds=2"]), stages)
 
@@ -240,7 +241,7 @@ def _join(root, stages=("pseudo_labels", "vessels"), **kw):
 def test_join_index_holds_no_bulky_column_and_fetches_the_stage_rows(tmp_path):
     import pyarrow.parquet as pq
 
-    from dr_ray.pipelines.fusion_data import read_rows
+    from dr_ray.pipelines.fusion_read import read_rows
     from dr_ray.testing.stages import read_stage, write_stage_outputs
 
     write_stage_outputs(tmp_path)
@@ -289,7 +290,7 @@ def test_join_dedupes_a_stage_written_twice_and_removes_superseded_builds(tmp_pa
 
 
 def test_fetch_names_a_shard_that_changed_after_the_join(tmp_path):
-    from dr_ray.pipelines.fusion_data import read_rows
+    from dr_ray.pipelines.fusion_read import read_rows
     from dr_ray.testing.stages import write_stage_outputs
 
     write_stage_outputs(tmp_path)
@@ -301,7 +302,7 @@ def test_fetch_names_a_shard_that_changed_after_the_join(tmp_path):
 
 @pytest.mark.ray
 def test_rows_dataset_streams_the_fold_with_fetched_columns(ray_cluster, tmp_path):
-    from dr_ray.pipelines.fusion_data import read_rows, rows_dataset
+    from dr_ray.pipelines.fusion_read import read_rows, rows_dataset
     from dr_ray.testing.stages import write_stage_outputs
 
     write_stage_outputs(tmp_path)

@@ -10,11 +10,11 @@ from dr_ray.models import create_model
 from dr_ray.training import (
     DiceBCELoss,
     VesselRecord,
-    evaluate,
+    evaluate_vessels,
     load_vessel_images,
     patch_batches,
     predict_image,
-    train_one_epoch,
+    train_segmentation_epoch,
 )
 
 SMALL_DECODER = (64, 32, 16, 16, 8)
@@ -30,26 +30,26 @@ def test_loop_learns_synthetic_vessels(tmp_path):
 
     images = load_vessel_images(synthetic_vessel_records(str(tmp_path), range(4), 128))
     model = _model()
-    before = evaluate(model, images, mean=model.spec.mean, std=model.spec.std)
+    before = evaluate_vessels(model, images, mean=model.spec.mean, std=model.spec.std)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(10):  # 10 epochs x 8 steps
         batches = patch_batches(images, patch=64, patches_per_image=16, batch_size=8, mean=model.spec.mean,
                                 std=model.spec.std, rng=rng, augment_patches=False)
-        r = train_one_epoch(model, batches, opt, DiceBCELoss(), "cpu")
+        r = train_segmentation_epoch(model, batches, opt, DiceBCELoss(), "cpu")
         assert r["steps"] == 8
         losses.append(r["loss"])
-    after = evaluate(model, images, mean=model.spec.mean, std=model.spec.std)
+    after = evaluate_vessels(model, images, mean=model.spec.mean, std=model.spec.std)
     assert losses[-1] < 0.5 * losses[0], losses
     assert after["dice"] > 0.6 > before["dice"], (before, after)
     assert after["auc"] > 0.95
 
 
-def test_train_one_epoch_rejects_empty_batches():
+def test_train_segmentation_epoch_rejects_empty_batches():
     model = _model()
     with pytest.raises(ValueError, match="empty"):
-        train_one_epoch(model, [], torch.optim.SGD(model.parameters(), lr=0.1), DiceBCELoss(), "cpu")
+        train_segmentation_epoch(model, [], torch.optim.SGD(model.parameters(), lr=0.1), DiceBCELoss(), "cpu")
 
 
 def test_predict_image_pads_and_crops_odd_sizes():

@@ -10,17 +10,9 @@ import pytest
 from scipy import stats
 
 from dr_ray.training.classification_metrics import classification_metrics
-from dr_ray.training.stats import (
-    bootstrap_auc_difference,
-    bootstrap_metrics,
-    compare_folds,
-    corrected_resampled_t,
-    delong_test,
-    metric_range,
-    t_interval,
-    weighted_metrics,
-    wilcoxon_signed_rank,
-)
+from dr_ray.training.stats import metric_range, t_interval
+from dr_ray.training.stats_bootstrap import bootstrap_auc_difference, bootstrap_metrics, weighted_metrics
+from dr_ray.training.stats_paired import compare_folds, corrected_resampled_t, delong_test, wilcoxon_signed_rank
 
 
 def _probs(rng, n: int, c: int, ties: bool = False) -> np.ndarray:

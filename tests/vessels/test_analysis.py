@@ -53,7 +53,7 @@ def test_zone_counts_are_stored_and_fewer_than_six_are_flagged(fundus, analysis)
     assert two.biomarkers["glcm_contrast"].value == analysis.biomarkers["glcm_contrast"].value
 
 
-def test_known_tree_disc_av_and_calibres(fundus, analysis):
+def test_known_tree_disc_av_and_calibers(fundus, analysis):
     # the graph is the one vessel_graph builds from the same mask, now with A/V labels
     ref = vessel_graph(fundus.vessel_mask & fundus.fov_mask, image=fundus.image)
     g = analysis.graph

@@ -83,7 +83,7 @@ def test_features_on_a_drawn_image_have_the_known_values():
     # reflex = centre third - outer third, over the background: (160 - 100) / 200 for A, 0 for B
     np.testing.assert_allclose(x[ia, COL["reflex_g"]], 0.3, atol=0.02)
     np.testing.assert_allclose(x[ib, COL["reflex_g"]], 0.0, atol=0.01)
-    # equal widths: both at the image's median calibre
+    # equal widths: both at the image's median caliber
     np.testing.assert_allclose(x[:, COL["width_rel"]], 1.0, atol=1e-6)
     # grey image: colour ratios are 1
     np.testing.assert_allclose(x[:, COL["g_over_r"]], 1.0, atol=1e-6)

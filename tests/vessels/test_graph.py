@@ -77,7 +77,7 @@ def test_y_topology_lengths_and_calibers(y_graph):
         assert g.arc_length_px[k] == pytest.approx(drawn_len, abs=2), k
         assert g.caliber_median_px[k] == pytest.approx(drawn_w, abs=1), k
         assert g.tortuosity[k] == pytest.approx(1.0, abs=0.02)
-    # node calibre (eq. 26 c_i) is the mean of incident edges' mean calibres
+    # node caliber (eq. 26 c_i) is the mean of incident edges' mean calibers
     assert g.x[j, NODE_FEATURES.index("caliber_px")] == pytest.approx(g.caliber_mean_px.mean(), rel=1e-5)
 
 
@@ -264,7 +264,7 @@ def test_pixel_csgraph_equals_skan(shared_data):
     """Our pixel graph (with skan's junction MST) has the same CSR arrays as skan's own builder."""
     from skan.csr import skeleton_to_csgraph
 
-    from dr_ray.vessels.graph import _pixel_csgraph
+    from dr_ray.vessels.graph_build import _pixel_csgraph
 
     skels = [skeletonize(_drive_mask(shared_data, n)) for n in ("21", "22")] + list(_random_skeletons())
     for sk in skels:
@@ -279,7 +279,7 @@ def test_pixel_csgraph_equals_skan(shared_data):
 def test_caliber_distance_equals_scipy_edt(shared_data):
     from scipy import ndimage
 
-    from dr_ray.vessels.graph import mask_distance_at
+    from dr_ray.vessels.graph_features import mask_distance_at
 
     rng = np.random.default_rng(4)
     masks = [_drive_mask(shared_data, "21"), np.ones((7, 9), bool)]
@@ -362,7 +362,7 @@ def _prune_with_skan(skel_img, prune_spur_px, max_rounds=10):
 
 
 def test_spur_pruning_equals_skan_prune_paths(shared_data):
-    from dr_ray.vessels.graph import _path_graph, _prune_spurs
+    from dr_ray.vessels.graph_build import _path_graph, _prune_spurs
 
     for n, px in (("21", 10.0), ("24", 25.0)):
         sk = skeletonize(_drive_mask(shared_data, n))
@@ -415,7 +415,7 @@ def _union_find_clusters(src, dst, blen, btype, n_px, merge_px):
 def test_junction_clusters_equal_the_union_find():
     """Contracted paths and cluster representatives (they fix the node order) match a union-find that puts
     the src side under the dst side, on random path lists with cycles, parallel paths and deep clusters."""
-    from dr_ray.vessels.graph import _junction_clusters
+    from dr_ray.vessels.graph_build import _junction_clusters
 
     rng = np.random.default_rng(7)
     for _ in range(300):

@@ -1,4 +1,4 @@
-"""zone_calibres / zone_vessels on drawn vessel maps with known widths around a known disc."""
+"""zone_calibers / zone_vessels on drawn vessel maps with known widths around a known disc."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dr_ray.io import columns as C
-from dr_ray.vessels import OpticDisc, vessel_graph, zone_calibres, zone_measurements, zone_vessels
+from dr_ray.vessels import OpticDisc, vessel_graph, zone_calibers, zone_measurements, zone_vessels
 from dr_ray.vessels.zone import ZONE_COUNT_KEYS, ZONE_KEYS
 
 SHAPE = (400, 400)
@@ -72,7 +72,7 @@ def test_two_arterioles_two_venules_equal_the_hand_computed_values():
     assert set(z) == set(ZONE_KEYS) and all(m.ok and m.reason is None for m in z.values())
     assert zm.counts == {"crae_n_vessels": 2, "crve_n_vessels": 2}
     # with the default fixed count (6) the same values are kept but flagged: only 2 of 6 each
-    z6 = zone_calibres(g, DISC, um_per_px=10.0, mask=mask)
+    z6 = zone_calibers(g, DISC, um_per_px=10.0, mask=mask)
     for k in ZONE_KEYS:
         assert z6[k].value == z[k].value, k
     assert "only 2 of 6 arterioles in the zone" in z6["crae_knudtson_um"].reason
@@ -111,7 +111,7 @@ def test_widest_six_with_the_big6_pairing_and_scale_from_the_disc():
     assert z["crae_parr_hubbard_um"].value == pytest.approx(big6(a_um, ph_artery), rel=1e-9)
     assert z["crve_parr_hubbard_um"].value == pytest.approx(big6(v_um, ph_vein), rel=1e-9)
     # an explicit disc diameter assumption scales Knudtson (homogeneous of degree 1) linearly
-    z2 = zone_calibres(g, DISC, mask=mask, disc_diameter_um=900.0)
+    z2 = zone_calibers(g, DISC, mask=mask, disc_diameter_um=900.0)
     assert z2["crae_knudtson_um"].value == pytest.approx(0.5 * z["crae_knudtson_um"].value, rel=1e-9)
     assert z2["avr_knudtson"].value == pytest.approx(z["avr_knudtson"].value, rel=1e-9)
     # n_vessels=2: the two widest of each, nothing flagged
@@ -140,8 +140,8 @@ def test_the_vessel_count_alone_moves_crae_by_40_percent_so_it_is_fixed_stored_a
     assert a["crae_knudtson_um"].ok and "only 2 of 6 arterioles" in a["crae_knudtson_um"].reason
     assert b["crae_knudtson_um"].reason is None
     # a fixed count both images reach makes the values equal again
-    za2 = zone_calibres(few[2], DISC, um_per_px=10.0, mask=few[0], n_vessels=2)
-    zb2 = zone_calibres(many[2], DISC, um_per_px=10.0, mask=many[0], n_vessels=2)
+    za2 = zone_calibers(few[2], DISC, um_per_px=10.0, mask=few[0], n_vessels=2)
+    zb2 = zone_calibers(many[2], DISC, um_per_px=10.0, mask=many[0], n_vessels=2)
     for k in ("crae_knudtson_um", "crae_parr_hubbard_um", "avr_knudtson", "avr_parr_hubbard"):
         assert za2[k].value == pytest.approx(zb2[k].value, rel=1e-12), k
 
@@ -162,14 +162,14 @@ def test_vessel_split_by_a_branch_and_a_crossing_in_the_zone_is_counted_once():
     assert len(arteries[0].edges) >= 3
     assert abs(arteries[0].angle_deg - (-90.0)) < 20  # straight up from the disc (y down)
     assert [round(v.width_px, 6) for v in veins] == [11, 7]
-    z = zone_calibres(g, DISC, um_per_px=10.0, mask=mask)
+    z = zone_calibers(g, DISC, um_per_px=10.0, mask=mask)
     assert z["crae_knudtson_um"].value == pytest.approx(0.88 * math.hypot(90, 50), rel=1e-9)
 
 
 def test_without_mask_segment_means_are_used():
     mask, _, g = drawn([(0, 5, 1), (3, 7, 1), (6, 9, 2), (8, 11, 2)])
-    with_mask = zone_calibres(g, DISC, um_per_px=10.0, mask=mask)
-    without = zone_calibres(g, DISC, um_per_px=10.0)
+    with_mask = zone_calibers(g, DISC, um_per_px=10.0, mask=mask)
+    without = zone_calibers(g, DISC, um_per_px=10.0)
     for k in ZONE_KEYS:  # the whole-segment mean includes the thinner ends: close, not equal
         assert without[k].value == pytest.approx(with_mask[k].value, rel=0.1)
 
@@ -206,11 +206,11 @@ def test_not_measurable_cases_give_reasons():
 def test_bad_arguments_raise():
     mask, _, g = drawn([(0, 5, 1), (3, 7, 1)])
     with pytest.raises(ValueError, match="n_vessels"):
-        zone_calibres(g, DISC, n_vessels=1)
+        zone_calibers(g, DISC, n_vessels=1)
     with pytest.raises(ValueError, match="n_vessels"):
         zone_measurements(g, DISC, n_vessels=6.0)
     with pytest.raises(ValueError, match="um_per_px"):
-        zone_calibres(g, DISC, um_per_px=0.0)
+        zone_calibers(g, DISC, um_per_px=0.0)
     with pytest.raises(ValueError, match="mask shape"):
         zone_vessels(g, DISC, mask=mask[:10])
     with pytest.raises(ValueError, match="not found"):

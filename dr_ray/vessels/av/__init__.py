@@ -12,7 +12,7 @@ segment's skeleton path (``FEATURE_NAMES``):
 * central light reflex: mean intensity of the central third of the vessel minus that of its outer
   third, over the background (arteries show a brighter central stripe; 0 for vessels under 3 px wide);
 * spread of the green level along the segment;
-* width relative to the image's length-weighted median calibre (veins are wider than their arteries);
+* width relative to the image's length-weighted median caliber (veins are wider than their arteries);
 * the colour and reflex features again as residuals of a per-image fit on log width: a thin vessel looks
   lighter whatever its type, so it is compared with this image's vessels of the same width.
 

@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from dr_ray.vessels.graph import VesselGraph, mask_distance_at
+from dr_ray.vessels.graph import VesselGraph
+from dr_ray.vessels.graph_features import mask_distance_at
 
 _BASE_FEATURES = (
     "r_bg", "g_bg", "b_bg",  # mean colour in the vessel / local background colour
@@ -15,7 +16,7 @@ _BASE_FEATURES = (
     "g_over_r", "b_over_r",  # colour ratios inside the vessel
     "reflex_r", "reflex_g",  # (central third - outer third) / background: central light reflex
     "g_std_bg",  # spread of green / background over the segment's pixels
-    "width_rel",  # mean calibre / the image's length-weighted median calibre
+    "width_rel",  # mean caliber / the image's length-weighted median caliber
 )
 # Thin vessels look lighter whatever their type (blur mixes in background), so colour is also compared with
 # what this image's vessels of the same width show: residual of a per-image fit on log width.
@@ -61,7 +62,7 @@ def segment_features(graph: VesselGraph, image: np.ndarray, mask: np.ndarray) ->
     lens = np.maximum(graph.arc_length_px, 1e-6)
     order = np.argsort(cal)
     cum = np.cumsum(lens[order])
-    med_cal = float(cal[order][np.searchsorted(cum, 0.5 * cum[-1])])  # length-weighted median calibre
+    med_cal = float(cal[order][np.searchsorted(cum, 0.5 * cum[-1])])  # length-weighted median caliber
     med_cal = max(med_cal, 1.0)
 
     # local background colour: Gaussian-weighted mean of lit non-vessel pixels (evaluated where it is read)

@@ -1,16 +1,13 @@
-"""Training and evaluation loops, Ray-free: they take any iterable of batches / images.
+"""Segmentation epochs (vessels, lesions), Ray-free: they take any iterable of batches / images.
 
-``ray_train.py`` wraps them with Ray Train (workers, reports, checkpoints); tests run them directly.
+:func:`dr_ray.training.fit.fit` runs them epoch after epoch (``dr_ray.training.ray_train`` on Ray Train workers);
+tests and benchmarks call them directly. The classification epoch is :mod:`dr_ray.training.classify`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -18,25 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dr_ray.training.data import VesselImage, normalise
+from dr_ray.training.fit import autocast
 from dr_ray.training.metrics import SegmentationMeter
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 
-
-def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """bf16 ``torch.autocast`` on a CUDA ``device`` when ``amp``, else a no-op context."""
-    # bf16 needs no loss scaling; on CPU autocast is slower than fp32 for convs, so GPU only.
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                    loss_fn: Callable[..., torch.Tensor], device: torch.device | str, amp: bool = False
-                    ) -> dict[str, float]:
+def train_segmentation_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                             optimizer: torch.optim.Optimizer, loss_fn: Callable[..., torch.Tensor],
+                             device: torch.device | str, amp: bool = False) -> dict[str, float]:
     """One pass over ``batches`` ({"image", "mask", "fov"} tensors); returns {"loss": mean over steps, "steps"}."""
     device = torch.device(device)
     model.train()
@@ -82,7 +69,7 @@ def predict_image(model: nn.Module, image: np.ndarray, *, mean: Sequence[float],
     return torch.sigmoid(logits.float())[0, 0, :h, :w].cpu().numpy()
 
 
-def evaluate(model: nn.Module, images: Iterable[VesselImage], *, mean: Sequence[float], std: Sequence[float],
+def evaluate_vessels(model: nn.Module, images: Iterable[VesselImage], *, mean: Sequence[float], std: Sequence[float],
              device: torch.device | str = "cpu", amp: bool = False, threshold: float = 0.5,
              seed: int = 0) -> dict[str, float]:
     """Whole-image metrics inside the FOV, pooled over ``images`` (dice, sensitivity, specificity, accuracy, auc)."""
@@ -97,34 +84,34 @@ def evaluate(model: nn.Module, images: Iterable[VesselImage], *, mean: Sequence[
     return meter.compute()
 
 
-# --- training state (what a checkpoint holds) ---------------------------------------------------
+def lesion_batches(batches):
+    """Lesion patch batches -> the {"image", "mask", "fov"} batches :func:`train_segmentation_epoch` takes: the
+    FOV of each channel is zeroed where that lesion kind was not annotated for the image (unknown, not absent)."""
+    for b in batches:
+        fov = b["fov"] * b["present"][:, :, None, None]
+        yield {"image": b["image"], "mask": b["masks"], "fov": fov}
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+def evaluate_lesions(model: nn.Module, batches, kinds, *, device, amp: bool, seed: int) -> dict[str, float]:
+    """Per-lesion AUPR, Dice, IoU and precision (:class:`LesionMeter`, one per kind) over validation patch
+    batches; a kind is scored only on the images where it was annotated. Also ``<metric>_mean`` over the kinds."""
+    from dr_ray.training.lesion_metrics import LesionMeter
 
-
-def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler: Any, epoch: int, history: list[dict]) -> Path:
-    """Write ``state.pt`` (model/optimizer/scheduler state dicts, epochs done) + ``history.json`` into ``path``."""
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch},
-               out / STATE_FILE)
-    (out / HISTORY_FILE).write_text(json.dumps(history, indent=1, allow_nan=True))
+    meters = [LesionMeter((k,), seed=seed) for k in kinds]
+    model.eval()
+    with torch.inference_mode():
+        for b in batches:
+            with autocast(torch.device(device), amp):
+                prob = torch.sigmoid(model(b["image"].to(device)).float()).cpu().numpy()
+            masks, fov, present = b["masks"].numpy() > 0, b["fov"].numpy()[:, 0] > 0, b["present"].numpy() > 0
+            for i in range(len(prob)):
+                for k, meter in enumerate(meters):
+                    if present[i, k]:
+                        meter.update(prob[i, k:k + 1], masks[i, k:k + 1], fov[i])
+    out: dict[str, float] = {}
+    for meter in meters:
+        out.update({k: v for k, v in meter.compute().items() if not k.endswith("_mean")})
+    for m in ("aupr", "dice", "iou", "precision"):
+        vals = [out[f"{m}_{k}"] for k in kinds if np.isfinite(out[f"{m}_{k}"])]
+        out[f"{m}_mean"] = float(np.mean(vals)) if vals else float("nan")
     return out
-
-
-def load_training_state(path: str | Path) -> tuple[dict, list[dict]]:
-    """(state dict written by :func:`save_training_state`, history list)."""
-    d = Path(path)
-    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
-    history = json.loads((d / HISTORY_FILE).read_text())
-    return state, history
-
-
-def finite_or_none(metrics: dict[str, float]) -> dict[str, float | None]:
-    """NaN -> None so that the dict is strict JSON."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
