@@ -64,9 +64,16 @@ def init_ray(cfg: RayConfig) -> None:
         kwargs["num_cpus"] = cfg.num_cpus
     ray.init(**kwargs)
     if quiet_console():
+        import logging
+
         import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = False
+        # Ray Data logs each dataset's start/plan/finish at INFO on its own console handler (not the root's);
+        # on a quiet console only its warnings reach the terminal, its file log under Ray's log folder keeps all
+        for h in logging.getLogger("ray.data").handlers:
+            if not isinstance(h, logging.FileHandler) and type(h).__name__ != "SessionFileHandler":
+                h.setLevel(logging.WARNING)
 
 
 def stage_dir(output_dir: str, stage: str) -> str:

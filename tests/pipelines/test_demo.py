@@ -26,22 +26,25 @@ def demo(tmp_path_factory):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1500,
                          env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    return out, res.stdout
+    return out, res.stdout, res.stderr
 
 
 @pytest.mark.slow
 def test_demo_prints_every_stage_and_the_report(demo):
-    out, stdout = demo
+    out, stdout, stderr = demo
     for stage in ("preprocess:", "train-vessels:", "vessels:", "train-lesions:", "pseudo-labels:", "train:",
                   "tune:", "evaluate:", "stage times:"):
         assert stage in stdout, stage
     assert f"report: {out}/train_smoke/evaluation/report.html" in stdout
     assert "[reconciles]" in stdout
+    # not a terminal: a quiet console (stage lines and warnings, no Ray Data progress log); the rest in demo.log
+    full = (out / "demo.log").read_text()
+    assert "demo: train ..." in stderr and "demo: evaluate done" in full
 
 
 @pytest.mark.slow
 def test_demo_stage_outputs_reconcile(demo):
-    out, _ = demo
+    out = demo[0]
     pre = json.loads((out / "preprocess" / "summary.json").read_text())
     # smoke: 4 synthetic patients (8 images) + 3 broken files, limit 11 -> 11 rows in
     assert pre["catalog_rows"] == 11 and pre["reconciles"] and pre["label_problems"] == 1
@@ -58,7 +61,7 @@ def test_demo_train_tune_evaluate_outputs(demo, assert_in_browser):
     from dr_ray.config import load_config
     from dr_ray.models import load_model_dir
 
-    out, _ = demo
+    out = demo[0]
     cv = json.loads((out / "train_smoke" / "cv.json").read_text())
     assert cv["model"] == "graph_fusion" and [f["fold"] for f in cv["folds"]] == [0]
     model, meta = load_model_dir(out / "train_smoke" / "fold_0" / "model")
