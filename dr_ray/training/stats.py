@@ -40,6 +40,20 @@ def metric_range(name: str) -> tuple[float, float]:
     return METRIC_RANGES.get(base, (-math.inf, math.inf))
 
 
+def check_paired_scores(labels, score_a, score_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two models' scores on the same images: (labels, score_a, score_b) as 1-D arrays of one length, labels 0/1,
+    scores float64; a clear ValueError otherwise (the checks the paired AUC tests share)."""
+    y = np.asarray(labels)
+    sa = np.asarray(score_a, np.float64)
+    sb = np.asarray(score_b, np.float64)
+    if y.ndim != 1 or sa.shape != y.shape or sb.shape != y.shape:
+        raise ValueError(f"labels, score_a and score_b must be 1-D of one length, got {y.shape}, {sa.shape}, "
+                         f"{sb.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0/1, got values {np.unique(y)[:10].tolist()}")
+    return y, sa, sb
+
+
 def check_confidence(confidence: object) -> float:
     if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")

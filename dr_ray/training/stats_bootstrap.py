@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from dr_ray.training.stats import check_confidence, none_if_nan
+from dr_ray.training.stats import check_confidence, check_paired_scores, none_if_nan
 
 __all__ = [
     "bootstrap_auc_difference",
@@ -220,14 +220,7 @@ def bootstrap_auc_difference(labels: np.ndarray, score_a: np.ndarray, score_b: n
     out and counted), n_groups, test} (+ reason; None where undefined).
     """
     c = check_confidence(confidence)
-    y = np.asarray(labels)
-    sa = np.asarray(score_a, np.float64)
-    sb = np.asarray(score_b, np.float64)
-    if y.ndim != 1 or sa.shape != y.shape or sb.shape != y.shape:
-        raise ValueError(f"labels, score_a and score_b must be 1-D of one length, got {y.shape}, {sa.shape}, "
-                         f"{sb.shape}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"labels must be 0/1, got values {np.unique(y)[:10].tolist()}")
+    y, sa, sb = check_paired_scores(labels, score_a, score_b)
     if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or not 1 <= n_boot <= 1_000_000:
         raise ValueError(f"n_boot must be an integer in 1..1000000, got {n_boot!r}")
     codes = _check_groups(groups, len(y))

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from dr_ray.training.stats import check_confidence, metric_range, none_if_nan
+from dr_ray.training.stats import check_confidence, check_paired_scores, metric_range, none_if_nan
 
 __all__ = [
     "compare_folds",
@@ -111,14 +111,7 @@ def delong_test(labels: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *,
     n_positive, test} (+ reason; None where undefined). Identical curves give z = 0, p = 1 (as pROC).
     """
     c = check_confidence(confidence)
-    y = np.asarray(labels)
-    sa = np.asarray(score_a, np.float64)
-    sb = np.asarray(score_b, np.float64)
-    if y.ndim != 1 or sa.shape != y.shape or sb.shape != y.shape:
-        raise ValueError(f"labels, score_a and score_b must be 1-D of one length, got {y.shape}, {sa.shape}, "
-                         f"{sb.shape}")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"labels must be 0/1, got values {np.unique(y)[:10].tolist()}")
+    y, sa, sb = check_paired_scores(labels, score_a, score_b)
     if not (np.isfinite(sa).all() and np.isfinite(sb).all()):
         raise ValueError("score_a and score_b must be finite")
     pos = y == 1
